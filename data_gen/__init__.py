@@ -1,0 +1,1 @@
+"""Teacher annotation: instruction data in, a Pasta-Lang training set out."""

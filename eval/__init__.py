@@ -1,0 +1,1 @@
+"""Quality and wall-clock speedup of PASTA against sequential and parallel baselines."""

@@ -1,0 +1,1 @@
+"""SFT and preference optimization with PASTA attention masks."""

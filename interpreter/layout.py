@@ -1,0 +1,177 @@
+"""Threads, position ids and visibility: the single source of masks.
+
+`ThreadLayout` assigns each token a position and the set of cache slots it may attend to
+as tokens enter one shared KV cache, thread by thread. The engine feeds it tokens in
+arrival order while decoding; `build_layout` feeds it a stored sequence in stored order
+for training. Both therefore agree by construction with PASTA-LANG.md's rules:
+
+- main tokens count up by one; the first main token after a promise jumps over the N
+  positions the promise reserves; a block starts right after its promise;
+- a block sees what its promise saw plus its own tokens; main sees a block only after a
+  sync (the sync's own tokens do not), and a sync moves main past every synced block.
+
+Visibility is kept as Python int bitsets over cache slots: forking is a copy, a sync an
+OR, and a mask row is produced only for each new token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .parser import Block, Document, MainText, Sync, parse
+
+MAIN = 0
+PROMPT = -1
+IGNORE = -100
+
+
+class ThreadLayout:
+    """Positions and visibility of tokens entering one shared KV cache. Thread 0 is main."""
+
+    def __init__(self) -> None:
+        self.slots = 0
+        self.next_pos = {MAIN: 0}
+        self.vis = {MAIN: 0}  # bitset of slots each thread sees
+        self.own = {MAIN: 0}  # bitset of slots each thread wrote
+        self.unsynced: list[int] = []  # blocks forked since the last sync
+
+    def append(self, thread: int) -> tuple[int, int, int]:
+        """Adds one token of `thread`; returns (slot, position, visibility bitset incl. itself)."""
+        slot, pos = self.slots, self.next_pos[thread]
+        self.slots += 1
+        self.next_pos[thread] = pos + 1
+        bit = 1 << slot
+        self.vis[thread] |= bit
+        self.own[thread] |= bit
+        return slot, pos, self.vis[thread]
+
+    def fork(self, tokens: int) -> int:
+        """Forks a block for a promise whose last token main appended just now; returns its thread id."""
+        thread = len(self.next_pos)
+        base = self.next_pos[MAIN]
+        self.next_pos[thread] = base
+        self.vis[thread] = self.vis[MAIN]
+        self.own[thread] = 0
+        self.next_pos[MAIN] = base + tokens
+        self.unsynced.append(thread)
+        return thread
+
+    def sync(self) -> list[int]:
+        """Main now sees every block forked so far (call once they have ended); returns them."""
+        for t in self.unsynced:
+            self.vis[MAIN] |= self.own[t]
+            self.next_pos[MAIN] = max(self.next_pos[MAIN], self.next_pos[t])
+        synced, self.unsynced = self.unsynced, []
+        return synced
+
+
+def bits_to_rows(bitsets: list[int], width: int) -> np.ndarray:
+    """Bitsets to a bool matrix (rows × width), bit j of row i → [i, j]."""
+    nbytes = (width + 7) // 8
+    raw = b"".join(b.to_bytes(nbytes, "little") for b in bitsets)
+    flat = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+    return flat.reshape(len(bitsets), nbytes * 8)[:, :width].astype(bool)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of a stored sequence that belongs to one thread and is tokenized on its own."""
+
+    kind: str  # "text", "promise", "open", "close", "sync"
+    thread: int  # 0 main, k for the k-th block
+    text: str
+    tokens: int = 0  # a promise's N
+
+
+def pieces(doc: Document) -> list[Piece]:
+    """Cuts a stored sequence into thread pieces; tags are tokenized apart from text."""
+    out: list[Piece] = []
+    block = 0
+    for seg in doc.segments:
+        if isinstance(seg, MainText):
+            out.append(Piece("text", MAIN, seg.text))
+        elif isinstance(seg, Sync):
+            out.append(Piece("sync", MAIN, seg.raw))
+        elif isinstance(seg, Block):
+            block += 1
+            out.append(Piece("promise", MAIN, seg.promise.raw, seg.promise.tokens))
+            out.append(Piece("open", block, seg.open.raw))
+            if seg.text:
+                out.append(Piece("text", block, seg.text))
+            out.append(Piece("close", block, seg.close.raw))
+    return out
+
+
+@dataclass
+class Layout:
+    """A stored sequence (after its prompt) laid out for one training forward pass."""
+
+    input_ids: list[int]
+    thread: list[int]  # PROMPT, MAIN or the block number
+    position_ids: list[int]
+    visibility: list[int]  # bitset over earlier tokens (stored order), self included
+    targets: list[int]  # the next token of the same thread, IGNORE where there is no loss
+    prompt_len: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def visible(self, i: int, j: int) -> bool:
+        return bool(self.visibility[i] >> j & 1)
+
+    def bool_mask(self) -> np.ndarray:
+        return bits_to_rows(self.visibility, len(self))
+
+    def additive_mask(self, dtype=None):
+        """The L×L float mask (0 where visible, -inf elsewhere) that HF models take as 4D."""
+        import torch
+
+        dtype = dtype or torch.float32
+        allowed = torch.from_numpy(self.bool_mask())
+        return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def build_layout(stored: str | Document, tokenizer, prompt_ids: list[int], end_id: int | None = None) -> Layout:
+    """Lays out prompt + stored response (+ the end token) exactly as the engine will decode it.
+
+    Loss: every response token is the target of the previous token of its own thread,
+    except the `<async>` that opens a block, which the interpreter forces.
+    """
+    doc = parse(stored) if isinstance(stored, str) else stored
+    lay = ThreadLayout()
+    ids: list[int] = []
+    thread: list[int] = []
+    pos: list[int] = []
+    vis: list[int] = []
+    targets: list[int] = []
+    last = {}  # thread -> index of its latest token, whose target is that thread's next token
+
+    def add(token: int, t: int, forced: bool = False, label_thread: int | None = None) -> None:
+        _, p, v = lay.append(t)
+        if t in last and not forced:
+            targets[last[t]] = token
+        last[t] = len(ids)
+        ids.append(token)
+        thread.append(t if label_thread is None else label_thread)
+        pos.append(p)
+        vis.append(v)
+        targets.append(IGNORE)
+
+    for token in prompt_ids:
+        add(token, MAIN, forced=True, label_thread=PROMPT)
+    for piece in pieces(doc):
+        for token in encode(tokenizer, piece.text):
+            add(token, piece.thread, forced=piece.kind == "open")
+        if piece.kind == "promise":
+            lay.fork(piece.tokens)
+        elif piece.kind == "sync":
+            lay.sync()
+    if end_id is not None:
+        add(end_id, MAIN)  # the end is an implicit sync: main's last token predicts it
+    return Layout(ids, thread, pos, vis, targets, len(prompt_ids))
