@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"pasta: converting {gguf.name} to safetensors in {target} (once)", flush=True)
+    print(f"pasta: converting {gguf.name} to safetensors in {target} (once)", file=sys.stderr, flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # the weights are dequantized now: save them as plain tensors
@@ -111,6 +112,14 @@ def _from_pretrained(cls, name: str, **kwargs):
         "or pass a local path")
 
 
+def _quiet_deepspeed() -> None:
+    """DeepSpeed (imported by transformers when installed) logs to stdout when it finds no GPU; say it first."""
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def pick_device(device: str | None = None) -> str:
     import torch
 
@@ -120,6 +129,7 @@ def pick_device(device: str | None = None) -> str:
 
 
 def load_tokenizer(name: str):
+    _quiet_deepspeed()
     from transformers import AutoTokenizer
 
     return _from_pretrained(AutoTokenizer, name)
@@ -128,6 +138,8 @@ def load_tokenizer(name: str):
 def load_model(name: str, dtype: str | None = None, device: str | None = None):
     """Loads (model, tokenizer). dtype: float32 (default on CPU), bfloat16 (default on CUDA), float16."""
     import torch
+
+    _quiet_deepspeed()
     from transformers import AutoModelForCausalLM
 
     device = pick_device(device)

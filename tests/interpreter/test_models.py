@@ -52,10 +52,10 @@ def test_conversion_killed_halfway_leaves_no_cache(monkeypatch, tmp_path):
 def test_conversion_happens_once_then_loads_from_cache(monkeypatch, tmp_path, capsys):
     _fake_gguf(monkeypatch, tmp_path)
     path = models.resolve(EMBEDDED_MODEL)
-    assert "converting" in capsys.readouterr().out
+    assert "converting" in capsys.readouterr().err
     assert (tmp_path / "cache" / EMBEDDED_MODEL / "config.json").exists()
     assert models.resolve(EMBEDDED_MODEL) == path
-    assert "converting" not in capsys.readouterr().out
+    assert "converting" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
