@@ -1,0 +1,523 @@
+"""The asynchronous decoding engine: Pasta-Lang tags become threads over one shared KV cache.
+
+Each step is ONE forward pass over the next token of every running thread (plus the forced
+`<async>` of a thread forked this step). Tokens enter the cache in arrival order; their
+positions and what they may attend to come from `ThreadLayout`, the same code that lays out
+training sequences, so decoding runs the model that training taught.
+
+Scheduling, per PASTA-LANG.md: a promise forks a thread as its last token enters the cache;
+a thread ends at `</async>` (that token still enters the cache, for whoever syncs); after
+`<sync/>` main draws its next token and holds it until every forked thread has ended; the end
+of main is an implicit sync. Model output that breaks the rules is repaired, never fatal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .detok import Detokenizer
+from .layout import MAIN, ThreadLayout, bits_to_rows, encode, pieces
+from .parser import parse
+from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text
+
+RUNNING, QUEUED, CLOSING, WAITING, DONE = "running", "queued", "closing", "waiting", "done"
+
+
+@dataclass
+class Options:
+    max_new_tokens: int = 512  # every thread's drawn tokens together
+    max_thread_tokens: int = 256  # one async thread's drawn tokens
+    max_threads: int = 8  # async threads decoding at once; later promises wait their turn
+    max_promises: int = 32  # forks per answer; further promises are dropped
+    max_promise_tokens: int = 1024  # a promise's N is clamped to this
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # stop strings, matched in the main thread's text
+
+
+@dataclass
+class Result:
+    text: str  # what the user reads
+    stored: str  # the stored form, tags in place
+    mode: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    tokens: int  # every token drawn (the end token included) plus forced openings
+    thread_tokens: list[int]  # drawn tokens per thread, main first
+    steps: int  # forward passes, prefill included
+    threads: int  # async threads forked
+    wall_time: float
+    prefill_time: float
+    repairs: list[str] = field(default_factory=list)
+    logits: list[tuple[int, torch.Tensor]] | None = None  # (thread, logits row) per draw, if recorded
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.wall_time if self.wall_time else 0.0
+
+    def summary(self) -> dict:
+        return {"text": self.text, "stored": self.stored, "mode": self.mode, "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens, "tokens": self.tokens, "thread_tokens": self.thread_tokens,
+                "steps": self.steps, "threads": self.threads, "wall_time": round(self.wall_time, 4),
+                "prefill_time": round(self.prefill_time, 4), "repairs": self.repairs}
+
+
+class Thread:
+    def __init__(self, tid: int, detok: Detokenizer):
+        self.tid = tid
+        self.detok = detok
+        self.lexer = Lexer()
+        self.state = RUNNING
+        self.feed: list[int] = []  # tokens to enter the cache next step
+        self.drawn = 0
+        self.items: list[tuple] = []  # main: ("text", s) | ("promise", raw, block) | ("sync", raw); block: ("text", s)
+        self.close_raw: str | None = None  # a block's "</async>", None if it was cut
+        self.forks: list[Tag] = []  # main: promises completed by the token in `feed`
+        self.sync_next = False  # main: the token in `feed` completes a sync
+        self.held: int | None = None  # main: token drawn after a sync, fed once the blocks end
+
+    def text(self) -> str:
+        return "".join(i[1] for i in self.items if i[0] == "text")
+
+
+class Sampler:
+    """Draws from the model: greedy, or temperature with top-k/top-p and a seeded generator."""
+
+    def __init__(self, opts: Options, device):
+        self.opts = opts
+        self.generator = None
+        if opts.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(opts.seed if opts.seed is not None else torch.seed())
+
+    def draw(self, rows: torch.Tensor, threads: list[Thread]) -> list[int]:
+        o = self.opts
+        if o.temperature <= 0:
+            return rows.argmax(-1).tolist()
+        logits = rows.float() / o.temperature
+        if o.top_k > 0:
+            kth = logits.topk(min(o.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if o.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > o.top_p  # keep the smallest set reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=self.generator).squeeze(-1).tolist()
+
+
+class Script:
+    """Replays fixed tokens per thread (None = greedy choice); main ends when its script does."""
+
+    def __init__(self, main: list[int | None], blocks: list[list[int | None]], end_id: int):
+        self.main, self.blocks, self.end_id = main, blocks, end_id
+
+    @classmethod
+    def from_stored(cls, stored: str, tokenizer, end_id: int) -> Script:
+        """The tokens decoding `stored` would draw: every thread's tokens but the forced `<async>`."""
+        main: list[int] = []
+        blocks: list[list[int]] = []
+        for piece in pieces(parse(stored)):
+            ids = encode(tokenizer, piece.text)
+            if piece.thread == MAIN:
+                main += ids
+            elif piece.kind == "open":
+                blocks.append([])
+            else:
+                blocks[-1] += ids
+        return cls(main, blocks, end_id)
+
+    def draw(self, rows: torch.Tensor, threads: list[Thread]) -> list[int]:
+        greedy = rows.argmax(-1).tolist()
+        out = []
+        for th, g in zip(threads, greedy):
+            script = self.main if th.tid == MAIN else (self.blocks[th.tid - 1:th.tid] or [[]])[0]
+            token = script[th.drawn] if th.drawn < len(script) else self.end_id
+            out.append(g if token is None else token)
+        return out
+
+
+def end_token_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (eos, tokenizer.eos_token_id):
+        if value is not None:
+            ids.update(value if isinstance(value, list) else [value])
+    return ids
+
+
+class Engine:
+    """Decodes one request at a time with Pasta-Lang threads (mode "pasta") or plainly ("sequential")."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.end_ids = end_token_ids(model, tokenizer)
+        self.async_ids = encode(tokenizer, "<async>")
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    # -- prompts ---------------------------------------------------------------------------
+    def prompt_ids(self, prompt: str | list[dict] | list[int]) -> list[int]:
+        """Token ids of a prompt: ids as given, or messages (a string is one user message) through
+        the chat template when the tokenizer has one."""
+        if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
+            return list(prompt)
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if getattr(self.tokenizer, "chat_template", None):
+            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)
+            return list(out["input_ids"])
+        return encode(self.tokenizer, "\n".join(m["content"] for m in messages))
+
+    # -- public entry points -----------------------------------------------------------------
+    def generate(self, prompt, mode: str = "pasta", options: Options | None = None, source=None,
+                 record_logits: bool = False) -> Result:
+        result = None
+        for update in self.stream(prompt, mode, options, source, record_logits):
+            result = update.get("result", result)
+        return result
+
+    def replay(self, prompt, stored: str, mode: str = "pasta", record_logits: bool = False) -> Result:
+        """Forces a stored sequence through the engine on the schedule decoding it would have had
+        (mode "sequential": its stitched form, one token a step)."""
+        end = min(self.end_ids)
+        if mode == "sequential":
+            script = Script(encode(self.tokenizer, parse(stored).stripped), [], end)
+        else:
+            script = Script.from_stored(stored, self.tokenizer, end)
+        opts = Options(max_new_tokens=10**9, max_thread_tokens=10**9, max_threads=10**9, max_promises=10**9,
+                       max_promise_tokens=10**9)
+        return self.generate(prompt, mode, opts, source=script, record_logits=record_logits)
+
+    @torch.inference_mode()
+    def generate_batch(self, prompts: list, options: Options | None = None, batch_size: int = 8) -> list[Result]:
+        """Sequential mode for many prompts at once, for throughput (seed answers, baselines).
+
+        Left-padded batches through `model.generate`; a test proves its greedy tokens equal
+        this engine's sequential mode. Results carry no per-request timing (wall_time is the
+        batch's share)."""
+        opts = options or Options()
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.end_ids)
+        sampling = dict(do_sample=opts.temperature > 0)
+        if opts.temperature > 0:
+            sampling.update(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k or None)
+            if opts.seed is not None:
+                torch.manual_seed(opts.seed)
+        results = []
+        for start in range(0, len(prompts), batch_size):
+            ids = [self.prompt_ids(p) for p in prompts[start:start + batch_size]]
+            width = max(map(len, ids))
+            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
+            attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+            began = time.perf_counter()
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                      max_new_tokens=opts.max_new_tokens, eos_token_id=sorted(self.end_ids),
+                                      pad_token_id=pad, **sampling)
+            share = (time.perf_counter() - began) / len(ids)
+            for prompt, row in zip(ids, out[:, width:].tolist()):
+                drawn = next((i + 1 for i, t in enumerate(row) if t in self.end_ids), None)
+                body = row[:drawn - 1] if drawn else row
+                text = self.tokenizer.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                for s in opts.stop:
+                    text = text[:text.find(s)] if s in text else text
+                results.append(Result(text=text, stored=text, mode="sequential",
+                                      finish_reason="stop" if drawn else "length", prompt_tokens=len(prompt),
+                                      tokens=drawn or len(row), thread_tokens=[drawn or len(row)],
+                                      steps=drawn or len(row), threads=0, wall_time=share, prefill_time=0.0))
+        return results
+
+    @torch.inference_mode()
+    def stream(self, prompt, mode: str = "pasta", options: Options | None = None, source=None,
+               record_logits: bool = False) -> Iterator[dict]:
+        """Yields {"delta": text} as the stitched answer grows in reading order, then {"result": Result}.
+        Closing the generator stops decoding (a client that went away frees its work)."""
+        if mode not in ("pasta", "sequential"):
+            raise ValueError(f"mode must be 'pasta' or 'sequential', not {mode!r}")
+        run = _Run(self, self.prompt_ids(prompt), mode, options or Options(), source, record_logits)
+        yield from run.loop()
+
+
+class _Run:
+    """The state of one request."""
+
+    def __init__(self, engine: Engine, prompt_ids, mode, opts, source, record):
+        from transformers import DynamicCache
+
+        self.e, self.opts, self.mode = engine, opts, mode
+        self.prompt_ids = prompt_ids
+        self.source = source or Sampler(opts, engine.device)
+        self.cache = DynamicCache(config=engine.model.config)
+        self.layout = ThreadLayout()
+        self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
+        self.blocks: list[Thread] = []
+        self.promised = 0  # promises accepted (blocks forked or about to be)
+        self.total = 0  # tokens drawn by all threads
+        self.forced = 0  # forced <async> tokens
+        self.prefill_time = 0.0
+        self.steps = 0
+        self.finish = "stop"
+        self.repairs: list[str] = []
+        self.logits = [] if record else None
+        self.sent = 0  # characters of the stitched answer already streamed
+
+    # -- the loop ------------------------------------------------------------------------------
+    def loop(self) -> Iterator[dict]:
+        start = time.perf_counter()
+        n = len(self.prompt_ids)
+        for _ in range(n):
+            self.layout.append(MAIN)
+        rows = self._forward(self.prompt_ids, list(range(n)), None, [n - 1])
+        self.prefill_time = time.perf_counter() - start
+        self._accept([self.main], rows)
+        while True:
+            delta = self._stitched(committed=True)[self.sent:]
+            if delta:
+                self.sent += len(delta)
+                yield {"delta": delta}
+            if self.total >= self.opts.max_new_tokens:
+                self._cut_everything()
+            batch = self._assemble()
+            if batch is None:
+                break
+            ids, pos, vis, draw = batch
+            rows = self._forward(ids, pos, vis, [i for _, i in draw])
+            self._accept([th for th, _ in draw], rows)
+        wall = time.perf_counter() - start
+        tail = self._stitched(committed=False)[self.sent:]
+        if tail:
+            yield {"delta": tail}
+        yield {"result": self._result(wall)}
+
+    def _forward(self, ids: list[int], pos: list[int], vis: list[int] | None, keep: list[int]) -> torch.Tensor:
+        e = self.e
+        mask = None  # no mask when every new token sees the whole cache (prefill, sequential, main alone)
+        full = (1 << self.layout.slots) - 1
+        if vis is not None and any(v != full for v in vis):
+            allowed = torch.from_numpy(bits_to_rows(vis, self.layout.slots)).to(e.device)
+            mask = torch.zeros(allowed.shape, dtype=e.dtype, device=e.device)
+            mask.masked_fill_(~allowed, torch.finfo(e.dtype).min)
+            mask = mask[None, None]
+        out = e.model(input_ids=torch.tensor([ids], device=e.device),
+                      position_ids=torch.tensor([pos], device=e.device), attention_mask=mask,
+                      cache=self.cache, use_cache=True,
+                      logits_to_keep=torch.tensor(keep, device=e.device))
+        self.steps += 1
+        return out.logits[0]
+
+    def _assemble(self):
+        """The tokens of the next step, in cache order, or None when every thread is finished."""
+        ids, pos, vis, draw = [], [], [], []
+
+        def put(th: Thread, token: int, drawing: bool) -> None:
+            _, p, v = self.layout.append(th.tid)
+            ids.append(token)
+            pos.append(p)
+            vis.append(v)
+            if drawing:
+                draw.append((th, len(ids) - 1))
+
+        for b in self.blocks:  # blocks first: a sync released this step must see their last tokens
+            if b.state in (RUNNING, CLOSING) and b.feed:
+                for t in b.feed[:-1]:
+                    put(b, t, False)
+                put(b, b.feed[-1], b.state == RUNNING)
+                b.feed = []
+                if b.state == CLOSING:
+                    b.state = DONE
+        main = self.main
+        if main.state == WAITING and all(b.state == DONE for b in self.blocks):
+            self.layout.sync()
+            main.state, main.feed, main.held = RUNNING, [main.held], None
+        if main.state == RUNNING and main.feed:
+            put(main, main.feed[0], True)
+            main.feed = []
+            for tag in main.forks:
+                tid = self.layout.fork(min(tag.tokens, self.opts.max_promise_tokens))
+                block = Thread(tid, Detokenizer(self.e.tokenizer, self.e.async_ids))
+                block.state, block.feed = QUEUED, list(self.e.async_ids)
+                self.blocks.append(block)
+            main.forks = []
+        running = sum(b.state == RUNNING for b in self.blocks)
+        for b in self.blocks:
+            if b.state == QUEUED and running < self.opts.max_threads:
+                b.state = RUNNING
+                running += 1
+                for t in b.feed[:-1]:
+                    put(b, t, False)
+                put(b, b.feed[-1], True)
+                self.forced += len(b.feed)
+                b.feed = []
+        if not ids:
+            return None
+        return ids, pos, vis, draw
+
+    # -- what the threads drew -----------------------------------------------------------------
+    def _accept(self, threads: list[Thread], rows: torch.Tensor) -> None:
+        if self.logits is not None:
+            self.logits += [(th.tid, rows[i].float().clone()) for i, th in enumerate(threads)]
+        for th, token in zip(threads, self.source.draw(rows, threads)):
+            th.drawn += 1
+            self.total += 1
+            if th.tid == MAIN:
+                self._main_drew(th, token)
+            else:
+                self._block_drew(th, token)
+
+    def _main_drew(self, main: Thread, token: int) -> None:
+        if token in self.e.end_ids:  # the end is an implicit sync: wait for the blocks, feed nothing
+            self._end_main()
+            return
+        if main.sync_next:  # the token after a sync waits for the blocks
+            main.sync_next = False
+            main.state, main.held = WAITING, token
+        else:
+            main.feed = [token]
+        self._main_text_or_tags(main, token)
+
+    def _main_text_or_tags(self, main: Thread, token: int) -> None:
+        text = main.detok.push(token)
+        if self.mode == "sequential":
+            self._main_text(main, text)
+        else:
+            self._main_events(main, main.lexer.feed(text))
+
+    def _main_events(self, main: Thread, events) -> None:
+        for ev in events:
+            if main.state == DONE:
+                return
+            if isinstance(ev, Text):
+                self._main_text(main, ev.text)
+            elif isinstance(ev, BadTag):
+                self._repair(f"main: dropped malformed tag {ev.raw[:40]!r} ({ev.message})")
+            elif ev.kind == PROMISE:
+                if self.promised >= self.opts.max_promises:
+                    self._repair(f"main: dropped promise {ev.topic!r}: more than {self.opts.max_promises}")
+                    continue
+                self.promised += 1
+                main.forks.append(ev)
+                main.items.append(("promise", ev.raw, self.promised))
+            elif ev.kind == SYNC:
+                main.items.append(("sync", ev.raw))
+                main.sync_next = True
+            else:
+                self._repair(f"main: dropped {ev.raw} (only an async thread writes it)")
+
+    def _main_text(self, main: Thread, text: str) -> None:
+        if not text:
+            return
+        main.items.append(("text", text))
+        if self.opts.stop:
+            so_far = main.text()
+            hits = [so_far.find(s) for s in self.opts.stop if s in so_far]
+            if hits:
+                cut = len(so_far) - min(hits)
+                while cut > 0:  # trim the stop string off the tail of main's text items
+                    kind, value = main.items[-1][0], main.items[-1][1]
+                    if kind != "text":
+                        main.items.pop()
+                        continue
+                    keep = max(0, len(value) - cut)
+                    cut -= len(value) - keep
+                    main.items[-1] = ("text", value[:keep])
+                    if not keep:
+                        main.items.pop()
+                self._end_main()
+
+    def _end_main(self) -> None:
+        main = self.main
+        if main.state == DONE:
+            return
+        main.state = DONE
+        held = main.detok.flush()  # a character cut in half by the end, as model.generate would show it
+        if self.mode == "sequential":
+            self._main_text(main, held)
+        else:
+            for ev in main.lexer.feed(held) + main.lexer.close():
+                if isinstance(ev, Text):
+                    main.items.append(("text", ev.text))
+                else:
+                    self._repair(f"main: dropped unfinished tag {ev.raw[:40]!r}")
+        for _ in main.forks:  # promised by a token that never entered the cache: the block stays empty
+            block = Thread(len(self.blocks) + 1, Detokenizer(self.e.tokenizer))
+            block.state = DONE
+            self.blocks.append(block)
+            self._repair(f"block {block.tid}: main ended before it could start; left empty")
+        main.feed, main.forks, main.sync_next, main.held = [], [], False, None
+
+    def _block_drew(self, block: Thread, token: int) -> None:
+        if token in self.e.end_ids:
+            self._cut_block(block, "ended the answer without </async>")
+            return
+        block.feed = [token]
+        for ev in block.lexer.feed(block.detok.push(token)):
+            if block.close_raw is not None:
+                if not (isinstance(ev, Text) and not ev.text.strip()):
+                    self._repair(f"block {block.tid}: dropped text after </async>")
+                continue
+            if isinstance(ev, Text):
+                block.items.append(("text", ev.text))
+            elif isinstance(ev, Tag) and ev.kind == ASYNC_CLOSE:
+                block.close_raw, block.state = ev.raw, CLOSING
+            else:
+                self._repair(f"block {block.tid}: dropped {ev.raw[:40]!r} (no nesting in async blocks)")
+        if block.state == RUNNING and block.drawn >= self.opts.max_thread_tokens:
+            self._cut_block(block, f"reached {self.opts.max_thread_tokens} tokens without </async>")
+
+    def _cut_block(self, block: Thread, why: str) -> None:
+        for ev in block.lexer.feed(block.detok.flush()) + block.lexer.close():
+            if isinstance(ev, Text):
+                block.items.append(("text", ev.text))
+        block.state, block.feed = DONE, []
+        self._repair(f"block {block.tid}: {why}; closed")
+
+    def _cut_everything(self) -> None:
+        self.finish = "length"
+        for b in self.blocks:
+            if b.state in (RUNNING, QUEUED):
+                self._cut_block(b, "the answer reached max_new_tokens")
+            elif b.state == CLOSING:
+                b.state, b.feed = DONE, []
+        if self.main.state != DONE:
+            self._end_main()
+
+    def _repair(self, what: str) -> None:
+        self.repairs.append(what)
+
+    # -- output ----------------------------------------------------------------------------------
+    def _stitched(self, committed: bool, tags: bool = False) -> str:
+        """The answer in reading order; `committed`: only what can no longer change place."""
+        out = []
+        for item in self.main.items:
+            if item[0] == "text":
+                out.append(item[1])
+            elif item[0] == "sync":
+                if tags:
+                    out.append(item[1])
+            else:
+                block = self.blocks[item[2] - 1] if item[2] <= len(self.blocks) else None
+                if tags:
+                    out += [item[1], "<async>"]
+                if block is not None:
+                    out.append(block.text())
+                if tags:
+                    out.append(block.close_raw if block is not None and block.close_raw else "</async>")
+                if committed and (block is None or block.state != DONE):
+                    break
+        return "".join(out)
+
+    def _result(self, wall: float) -> Result:
+        threads = [self.main, *self.blocks]
+        return Result(
+            text=self._stitched(committed=False), stored=self._stitched(committed=False, tags=True),
+            mode=self.mode, finish_reason=self.finish, prompt_tokens=len(self.prompt_ids),
+            tokens=self.total + self.forced,
+            thread_tokens=[t.drawn for t in threads], steps=self.steps, threads=len(self.blocks),
+            wall_time=wall, prefill_time=self.prefill_time, repairs=self.repairs, logits=self.logits)
