@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .detok import Detokenizer
-from .layout import MAIN, ThreadLayout, bits_to_rows, encode, pieces
+from .layout import MAIN, ThreadLayout, bits_to_rows, encode, pieces, prompt_ids, turn_end_id
 from .parser import parse
 from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text
 
@@ -144,7 +144,7 @@ class Script:
 
 
 def end_token_ids(model, tokenizer) -> set[int]:
-    ids = set()
+    ids = {turn_end_id(tokenizer)}
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for value in (eos, tokenizer.eos_token_id):
         if value is not None:
@@ -165,16 +165,7 @@ class Engine:
 
     # -- prompts ---------------------------------------------------------------------------
     def prompt_ids(self, prompt: str | list[dict] | list[int]) -> list[int]:
-        """Token ids of a prompt: ids as given, or messages (a string is one user message) through
-        the chat template when the tokenizer has one."""
-        if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
-            return list(prompt)
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        if getattr(self.tokenizer, "chat_template", None):
-            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=True)
-            return list(out["input_ids"])
-        return encode(self.tokenizer, "\n".join(m["content"] for m in messages))
+        return prompt_ids(self.tokenizer, prompt)
 
     # -- public entry points -----------------------------------------------------------------
     def generate(self, prompt, mode: str = "pasta", options: Options | None = None, source=None,

@@ -79,6 +79,34 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
+def prompt_ids(tokenizer, prompt: str | list[dict] | list[int]) -> list[int]:
+    """Token ids of a prompt: ids as given, or messages (a string is one user message) through the
+    chat template with the generation prompt, when the tokenizer has a template."""
+    if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
+        return list(prompt)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if getattr(tokenizer, "chat_template", None):
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+    return encode(tokenizer, "\n".join(m["content"] for m in messages))
+
+
+def turn_end_id(tokenizer) -> int:
+    """The token that ends an assistant turn in the chat template (<|im_end|>, <end_of_turn>, ...),
+    else the tokenizer's eos: what training appends and what decoding stops at."""
+    sentinel = "§PASTA§"
+    if getattr(tokenizer, "chat_template", None):
+        chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": sentinel}]
+        text = tokenizer.apply_chat_template(chat, tokenize=False)
+        after = text[text.find(sentinel) + len(sentinel):] if sentinel in text else ""
+        ids = encode(tokenizer, after)
+        special = set(tokenizer.all_special_ids)
+        for token in ids:
+            if token in special or tokenizer.convert_ids_to_tokens(token) in tokenizer.get_added_vocab():
+                return token
+    return tokenizer.eos_token_id
+
+
 @dataclass(frozen=True)
 class Piece:
     """A run of a stored sequence that belongs to one thread and is tokenized on its own."""
