@@ -1,4 +1,4 @@
-"""`python -m interpreter …`: validate and strip stored sequences."""
+"""`python -m interpreter …`: validate and strip stored sequences; generate, serve and benchmark."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .models import ModelNotFound
+from .models import EMBEDDED_MODEL, ModelNotFound
 from .parser import PastaSyntaxError, parse
 
 
@@ -34,17 +34,128 @@ def _strip(args) -> int:
     return 0
 
 
+def _engine(args):
+    from .engine import Engine
+    from .models import load_model
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    return Engine(model, tokenizer)
+
+
+def _options(args):
+    from .engine import Options
+
+    return Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
+                   max_threads=args.max_threads, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                   seed=args.seed, stop=tuple(args.stop or ()))
+
+
+def _generate(args) -> int:
+    engine = _engine(args)
+    stream = engine.stream(args.prompt, args.mode, _options(args), watch=args.show_threads)
+    if args.show_threads and sys.stdout.isatty():
+        from .live import show_threads
+
+        result = show_threads(stream)
+    else:
+        result = None
+        for update in stream:
+            if "delta" in update and not args.json:
+                sys.stdout.write(update["delta"])
+                sys.stdout.flush()
+            result = update.get("result", result)
+    if args.json:
+        print(json.dumps(result.summary(), ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        print(f"[{result.mode}: {sum(result.thread_tokens)} tokens in {result.steps} steps, {result.threads} threads, "
+              f"{result.wall_time:.2f} s{'; repaired: ' + '; '.join(result.repairs) if result.repairs else ''}]",
+              file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    from .server import LOOPBACK, serve
+
+    if args.host not in LOOPBACK and not args.api_key:  # say so before loading anything
+        raise SystemExit(f"refusing to serve on {args.host} without --api-key: anyone who can reach it could use it")
+    serve(_engine(args), args.served_name or args.model, args.host, args.port, args.mode, args.api_key,
+          _options(args))
+    return 0
+
+
+def _bench(args) -> int:
+    from . import bench
+
+    rows = bench.load_sequences(args.data, args.limit)
+    engine = _engine(args)
+    report = bench.run(engine, rows, repeats=args.repeats, warmup=args.warmup)
+    report.update(model=args.model, dtype=args.dtype or "default dtype", data=args.data)
+    print(json.dumps(report["summary"], indent=1))
+    print(json.dumps(report["generate"]))
+    if args.out:
+        bench.write(report, args.out, f"Engine benchmark: {args.model} on {args.data}")
+        print(f"wrote {args.out}.md and .json", file=sys.stderr)
+    return 0
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="embedded alias, local folder or HF id "
+                   f"(default {EMBEDDED_MODEL})")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+
+
+def _decoding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["pasta", "sequential"], default="pasta")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="all threads together")
+    p.add_argument("--max-thread-tokens", type=int, default=256, help="one async thread")
+    p.add_argument("--max-threads", type=int, default=8, help="async threads decoding at once")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string for the main thread (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m interpreter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a stored sequence; print its stats as one JSON line")
     p.add_argument("file", help="a file holding one stored sequence, or - for stdin")
     p.add_argument("--tokenizer", help="also report the cost measures under this model's tokenizer "
-                   "(e.g. smollm2-135m-instruct)")
+                   f"(e.g. {EMBEDDED_MODEL})")
     p.set_defaults(run=_validate)
     p = sub.add_parser("strip", help="print the stitched form (every tag removed)")
     p.add_argument("file", help="a file holding one stored sequence, or - for stdin")
     p.set_defaults(run=_strip)
+
+    p = sub.add_parser("generate", help="answer one prompt (chat template applied)")
+    _model_args(p)
+    _decoding_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--json", action="store_true", help="print one JSON object: text, stored form, tokens, steps ...")
+    p.add_argument("--show-threads", action="store_true", help="in a terminal, show the threads growing live")
+    p.set_defaults(run=_generate)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models)")
+    _model_args(p)
+    _decoding_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="anything but loopback needs --api-key")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ routes")
+    p.add_argument("--served-name", help="the model id clients use (default: --model)")
+    p.set_defaults(run=_serve)
+
+    p = sub.add_parser("bench", help="replay stored sequences sequentially and with PASTA; report speedups")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="JSONL with 'annotated' (or 'stored') and 'messages'/'prompt'")
+    p.add_argument("--limit", type=int, help="first N sequences only")
+    p.add_argument("--repeats", type=int, default=3, help="best of N runs per sequence and mode")
+    p.add_argument("--warmup", type=int, default=2, help="sequences replayed untimed first")
+    p.add_argument("--out", help="write OUT.json and OUT.md (e.g. benchmarks/engine-smollm2-cpu)")
+    p.set_defaults(run=_bench)
     return parser
 
 
@@ -53,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except PastaSyntaxError as err:
-        print(f"{args.file}:{err}", file=sys.stderr)
+        print(f"{getattr(args, 'file', getattr(args, 'data', ''))}:{err}", file=sys.stderr)
         return 1
     except ModelNotFound as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (OSError, UnicodeDecodeError) as err:
-        print(f"error: cannot read {args.file}: {err}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2

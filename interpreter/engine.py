@@ -46,7 +46,7 @@ class Result:
     text: str  # what the user reads
     stored: str  # the stored form, tags in place
     mode: str
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length" or "cancelled"
     prompt_tokens: int
     tokens: int  # every token drawn (the end token included) plus forced openings
     thread_tokens: list[int]  # drawn tokens per thread, main first
@@ -169,9 +169,9 @@ class Engine:
 
     # -- public entry points -----------------------------------------------------------------
     def generate(self, prompt, mode: str = "pasta", options: Options | None = None, source=None,
-                 record_logits: bool = False) -> Result:
+                 record_logits: bool = False, cancel=None) -> Result:
         result = None
-        for update in self.stream(prompt, mode, options, source, record_logits):
+        for update in self.stream(prompt, mode, options, source, record_logits, cancel=cancel):
             result = update.get("result", result)
         return result
 
@@ -227,13 +227,16 @@ class Engine:
 
     @torch.inference_mode()
     def stream(self, prompt, mode: str = "pasta", options: Options | None = None, source=None,
-               record_logits: bool = False) -> Iterator[dict]:
+               record_logits: bool = False, cancel=None, watch: bool = False) -> Iterator[dict]:
         """Yields {"delta": text} as the stitched answer grows in reading order, then {"result": Result}.
-        Closing the generator stops decoding (a client that went away frees its work)."""
+
+        `cancel` (anything with is_set(), e.g. a threading.Event) stops decoding at the next step,
+        as does closing the generator: a client that went away frees its work. `watch` also yields
+        {"threads": [...]} after every step, for live displays."""
         if mode not in ("pasta", "sequential"):
             raise ValueError(f"mode must be 'pasta' or 'sequential', not {mode!r}")
         run = _Run(self, self.prompt_ids(prompt), mode, options or Options(), source, record_logits)
-        yield from run.loop()
+        yield from run.loop(cancel, watch)
 
 
 class _Run:
@@ -260,7 +263,7 @@ class _Run:
         self.sent = 0  # characters of the stitched answer already streamed
 
     # -- the loop ------------------------------------------------------------------------------
-    def loop(self) -> Iterator[dict]:
+    def loop(self, cancel=None, watch: bool = False) -> Iterator[dict]:
         start = time.perf_counter()
         n = len(self.prompt_ids)
         for _ in range(n):
@@ -273,8 +276,12 @@ class _Run:
             if delta:
                 self.sent += len(delta)
                 yield {"delta": delta}
-            if self.total >= self.opts.max_new_tokens:
-                self._cut_everything()
+            if watch:
+                yield {"threads": self.snapshot()}
+            if cancel is not None and cancel.is_set():
+                self._cut_everything("cancelled")
+            elif self.total >= self.opts.max_new_tokens:
+                self._cut_everything("length")
             batch = self._assemble()
             if batch is None:
                 break
@@ -299,7 +306,7 @@ class _Run:
         out = e.model(input_ids=torch.tensor([ids], device=e.device),
                       position_ids=torch.tensor([pos], device=e.device), attention_mask=mask,
                       cache=self.cache, use_cache=True,
-                      logits_to_keep=torch.tensor(keep, device=e.device))
+                      logits_to_keep=torch.tensor(keep, dtype=torch.long, device=e.device))
         self.steps += 1
         return out.logits[0]
 
@@ -387,10 +394,10 @@ class _Run:
             if isinstance(ev, Text):
                 self._main_text(main, ev.text)
             elif isinstance(ev, BadTag):
-                self._repair(f"main: dropped malformed tag {ev.raw[:40]!r} ({ev.message})")
+                self._drop(main, f"main: dropped malformed tag {ev.raw[:40]!r} ({ev.message})")
             elif ev.kind == PROMISE:
                 if self.promised >= self.opts.max_promises:
-                    self._repair(f"main: dropped promise {ev.topic!r}: more than {self.opts.max_promises}")
+                    self._drop(main, f"main: dropped promise {ev.topic!r}: more than {self.opts.max_promises}")
                     continue
                 self.promised += 1
                 main.forks.append(ev)
@@ -399,7 +406,7 @@ class _Run:
                 main.items.append(("sync", ev.raw))
                 main.sync_next = True
             else:
-                self._repair(f"main: dropped {ev.raw} (only an async thread writes it)")
+                self._drop(main, f"main: dropped {ev.raw} (only an async thread writes it)")
 
     def _main_text(self, main: Thread, text: str) -> None:
         if not text:
@@ -420,6 +427,7 @@ class _Run:
                     main.items[-1] = ("text", value[:keep])
                     if not keep:
                         main.items.pop()
+                self._defuse(main)  # what the stop string cut may end in a tag opener
                 self._end_main()
 
     def _end_main(self) -> None:
@@ -435,7 +443,7 @@ class _Run:
                 if isinstance(ev, Text):
                     main.items.append(("text", ev.text))
                 else:
-                    self._repair(f"main: dropped unfinished tag {ev.raw[:40]!r}")
+                    self._drop(main, f"main: dropped unfinished tag {ev.raw[:40]!r}")
         for _ in main.forks:  # promised by a token that never entered the cache: the block stays empty
             block = Thread(len(self.blocks) + 1, Detokenizer(self.e.tokenizer))
             block.state = DONE
@@ -458,7 +466,7 @@ class _Run:
             elif isinstance(ev, Tag) and ev.kind == ASYNC_CLOSE:
                 block.close_raw, block.state = ev.raw, CLOSING
             else:
-                self._repair(f"block {block.tid}: dropped {ev.raw[:40]!r} (no nesting in async blocks)")
+                self._drop(block, f"block {block.tid}: dropped {ev.raw[:40]!r} (no nesting in async blocks)")
         if block.state == RUNNING and block.drawn >= self.opts.max_thread_tokens:
             self._cut_block(block, f"reached {self.opts.max_thread_tokens} tokens without </async>")
 
@@ -466,14 +474,16 @@ class _Run:
         for ev in block.lexer.feed(block.detok.flush()) + block.lexer.close():
             if isinstance(ev, Text):
                 block.items.append(("text", ev.text))
+            else:
+                self._drop(block, f"block {block.tid}: dropped unfinished tag {ev.raw[:40]!r}")
         block.state, block.feed = DONE, []
         self._repair(f"block {block.tid}: {why}; closed")
 
-    def _cut_everything(self) -> None:
-        self.finish = "length"
+    def _cut_everything(self, why: str) -> None:
+        self.finish = why
         for b in self.blocks:
             if b.state in (RUNNING, QUEUED):
-                self._cut_block(b, "the answer reached max_new_tokens")
+                self._cut_block(b, "the answer reached max_new_tokens" if why == "length" else why)
             elif b.state == CLOSING:
                 b.state, b.feed = DONE, []
         if self.main.state != DONE:
@@ -482,7 +492,29 @@ class _Run:
     def _repair(self, what: str) -> None:
         self.repairs.append(what)
 
+    def _drop(self, th: Thread, what: str) -> None:
+        """Drops a tag; a tag opener left dangling before it (`x </` + dropped + `async`) would join
+        the next text into a new tag, so it goes too (a streamed reply may already show it)."""
+        self._repair(what)
+        self._defuse(th)
+
+    def _defuse(self, th: Thread) -> None:
+        if th.items and th.items[-1][0] == "text":
+            text = th.items[-1][1]
+            lexer = Lexer()
+            lexer.feed(text)
+            if lexer.pending:  # what could still become a tag
+                th.items[-1] = ("text", text[:len(text) - len(lexer.pending)])
+                if not th.items[-1][1]:
+                    th.items.pop()
+                self._repair(f"thread {th.tid}: removed {lexer.pending[:40]!r}, a tag opener left dangling")
+
     # -- output ----------------------------------------------------------------------------------
+    def snapshot(self) -> list[dict]:
+        """Every thread's state and text so far (main's text without its blocks)."""
+        return [{"thread": th.tid, "state": th.state, "text": th.text(), "tokens": th.drawn}
+                for th in (self.main, *self.blocks)]
+
     def _stitched(self, committed: bool, tags: bool = False) -> str:
         """The answer in reading order; `committed`: only what can no longer change place."""
         out = []

@@ -1,0 +1,115 @@
+"""The OpenAI-compatible server, driven by the official openai client over loopback."""
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from tiny import bpe_tokenizer, tiny_model
+
+from interpreter import Engine, Options
+from interpreter.server import create_app
+
+KEY = "sk-test"
+
+
+@pytest.fixture(scope="module")
+def server():
+    tok = bpe_tokenizer()
+    engine = Engine(tiny_model("llama", len(tok)), tok)
+    app = create_app(engine, "tiny-pasta", api_key=KEY, defaults=Options(max_new_tokens=24))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "app": app}
+    srv.should_exit = True
+    thread.join(5)
+
+
+def client(server, key=KEY):
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def test_chat_completion_and_usage(server):
+    r = client(server).chat.completions.create(model="tiny-pasta", messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=10)
+    expected = server["engine"].generate("Hi", options=Options(max_new_tokens=10))
+    assert r.choices[0].message.content == expected.text
+    assert r.usage.completion_tokens == sum(expected.thread_tokens)
+    assert r.model_extra["pasta"]["stored"] == expected.stored
+    assert r.usage.model_extra["parallel_steps"] == expected.steps and "threads" in r.usage.model_extra
+
+
+def test_streaming_chat_adds_up(server):
+    stream = client(server).chat.completions.create(model="tiny-pasta", messages=[{"role": "user", "content": "Hi"}],
+                                                    max_tokens=10, stream=True,
+                                                    stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == server["engine"].generate("Hi", options=Options(max_new_tokens=10)).text
+    assert chunks[-1].usage is not None and chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_completions_models_and_health(server):
+    c = client(server)
+    r = c.completions.create(model="tiny-pasta", prompt="Once upon", max_tokens=5,
+                             extra_body={"mode": "sequential"})
+    assert isinstance(r.choices[0].text, str) and r.usage.completion_tokens <= 5
+    assert [m.id for m in c.models.list()] == ["tiny-pasta"]
+    assert httpx.get(server["url"] + "/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": 5}, "temperature"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+])
+def test_bad_requests_get_openai_style_400(server, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        client(server).chat.completions.create(model="tiny-pasta", **kwargs)
+    assert info.value.body["param"] == param and info.value.body["message"]
+
+
+def test_unknown_model_and_wrong_key(server):
+    with pytest.raises(openai.NotFoundError):
+        client(server).chat.completions.create(model="gpt-x", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="wrong").models.list()
+
+
+def test_concurrent_requests_are_queued_not_interleaved(server):
+    prompts = ["a", "tips please", "b c d"]
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda p: client(server).chat.completions.create(
+            model="tiny-pasta", messages=[{"role": "user", "content": p}], max_tokens=12), prompts))
+    for p, r in zip(prompts, replies):
+        assert r.choices[0].message.content == server["engine"].generate(p, options=Options(max_new_tokens=12)).text
+
+
+def test_client_that_disconnects_frees_its_work(server):
+    stats = server["app"].state.stats
+    before = stats["cancelled"]
+    with httpx.stream("POST", server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000, "stream": True,
+                            "mode": "sequential"}, timeout=30) as response:
+        for _ in response.iter_lines():
+            break  # read one line, then hang up
+    deadline = time.time() + 30
+    while stats["cancelled"] == before and time.time() < deadline:
+        time.sleep(0.1)
+    assert stats["cancelled"] == before + 1
+    # the turn is free again: a new request is served at once
+    r = client(server).chat.completions.create(model="tiny-pasta", messages=[{"role": "user", "content": "y"}],
+                                               max_tokens=3)
+    assert r.choices[0].finish_reason in ("stop", "length")
