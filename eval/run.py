@@ -1,0 +1,199 @@
+"""The evaluation: every method answers every prompt (cached), a judge compares each answer with the
+sequential baseline's, and the results become a table, a Pareto plot, an alpaca_eval export and a
+browsable report under runs/<run_name>/eval/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from interpreter import Engine, Options, load_model
+
+from . import report
+from .judges import JudgmentCache, OpenAIJudge, ProxyJudge
+from .methods import Pasta, Sequential, SkeletonOfThought
+from .pattern import PatternDecoder
+from .prompts import load_prompts
+from .winrate import bootstrap, geomean, lc_win_rate, win_rate
+
+METHODS = {"sequential": Sequential, "pasta": Pasta, "sot": SkeletonOfThought, "pattern": PatternDecoder}
+
+
+@dataclass
+class EvalArguments:
+    # Run folder
+    run_name: str = field(default="demo", metadata={"help": "results go to <output_root>/<run_name>/eval"})
+    output_root: str = field(default="runs")
+    # Prompts
+    prompts: str = field(default="mt-bench", metadata={"help": "mt-bench, alpaca-eval, alpaca-eval:PATH or a JSONL"})
+    limit: int | None = field(default=None, metadata={"help": "first N prompts, taken across categories"})
+    # Methods and models
+    methods: list[str] = field(default_factory=lambda: ["sequential", "base", "pasta", "sot", "pattern"],
+                               metadata={"help": "sequential (the Baseline-SFT model), base, pasta, sot, pattern"})
+    baseline_model: str | None = field(default=None, metadata={"help": "default: <run>/models/baseline-sft"})
+    base_model: str = field(default="smollm2-135m-instruct")
+    pasta_models: list[str] = field(default_factory=list,
+                                    metadata={"help": "default: every <run>/models/pasta-* and prefopt-* folder"})
+    # Decoding
+    max_new_tokens: int = 256
+    max_threads: int = 8
+    dtype: str | None = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16"})
+    device: str | None = None
+    # Judge
+    judge: str = field(default="proxy", metadata={"help": "proxy (offline, labelled as such) or openai"})
+    judge_model: str = field(default="gpt-4o", metadata={"help": "for the openai judge"})
+    judge_base_url: str | None = field(default=None, metadata={"help": "any OpenAI-compatible endpoint"})
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_concurrency: int = 16
+    proxy_reference: str | None = field(default=None, metadata={"help": "the proxy's likelihood model; default base"})
+    bootstrap: int = field(default=500, metadata={"help": "bootstrap resamples for confidence intervals"})
+
+
+def _models_dir(args: EvalArguments) -> Path:
+    return Path(args.output_root) / args.run_name / "models"
+
+
+def plan(args: EvalArguments) -> list[tuple[str, str, str]]:
+    """(method, label, model path) for every row of the table; the sequential baseline first."""
+    models = _models_dir(args)
+    baseline = args.baseline_model or str(models / "baseline-sft")
+    if not os.path.isdir(baseline) and not baseline.startswith("smollm2"):
+        raise SystemExit(f"no Baseline-SFT model at {baseline}: run `make finetune` first or pass --baseline_model")
+    pasta = args.pasta_models or sorted(str(p) for p in models.glob("*") if (p / "config.json").exists()
+                                        and p.name.startswith(("pasta-", "prefopt-")))
+    rows = [("sequential", _label(baseline), baseline)]
+    for m in args.methods:
+        if m == "base":
+            rows.append(("sequential", "base", args.base_model))
+        elif m == "pasta":
+            if not pasta:
+                raise SystemExit(f"no PASTA model under {models} (pasta-*, prefopt-*): run `make finetune` or pass "
+                                 "--pasta_models")
+            rows += [("pasta", _label(p), p) for p in pasta]
+        elif m in ("sot", "pattern"):
+            rows.append((m, _label(baseline), baseline))
+        elif m != "sequential":
+            raise SystemExit(f"unknown method {m!r}; choose from sequential, base, pasta, sot, pattern")
+    return rows
+
+
+def _label(path: str) -> str:
+    return Path(path).name if os.path.isdir(path) else path
+
+
+class Generations:
+    """Cached answers of one (method, model): appended as they come, reused on the next run."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path, self.key = path, hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        self.rows: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if row.get("settings") == self.key:
+                    self.rows[row["prompt_id"]] = row
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row: dict) -> None:
+        row = {**row, "settings": self.key}
+        self.rows[row["prompt_id"]] = row
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def generate(args: EvalArguments, prompts: list[dict], out: Path) -> dict[str, dict[str, dict]]:
+    options = Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
+                      max_threads=args.max_threads)
+    engines: dict[str, Engine] = {}
+    generations = {}
+    for method, label, path in plan(args):
+        name = f"{method} · {label}"
+        cache = Generations(out / "generations" / f"{method}--{report._slug(label)}.jsonl",
+                            {"method": method, "model": path, "options": asdict(options), "dtype": args.dtype})
+        todo = [p for p in prompts if p["id"] not in cache.rows]
+        if todo:
+            if path not in engines:
+                model, tok = load_model(path, dtype=args.dtype, device=args.device)
+                engines[path] = Engine(model, tok)
+            runner = METHODS[method](engines[path], label, options)
+            runner.answer("Say hello.")  # warm-up: first calls pay for allocation, not decoding
+            for p in tqdm(todo, desc=name, file=sys.stderr):
+                cache.add({"prompt_id": p["id"], **runner.answer(p["instruction"])})
+        generations[name] = cache.rows
+    return generations
+
+
+def judge_all(args: EvalArguments, prompts: list[dict], generations: dict[str, dict[str, dict]], out: Path):
+    cache = JudgmentCache(out / "judgments" / f"{args.judge}.jsonl")
+    if args.judge == "openai":
+        judge = OpenAIJudge(args.judge_model, cache, args.judge_base_url, args.judge_api_key_env,
+                            args.judge_concurrency)
+    elif args.judge == "proxy":
+        judge = ProxyJudge(args.proxy_reference or args.base_model, cache, device=args.device)
+    else:
+        raise SystemExit(f"unknown judge {args.judge!r}: proxy or openai")
+    baseline_name = next(iter(generations))
+    baseline = generations[baseline_name]
+    prefs: dict[str, dict[str, float]] = {baseline_name: {p["id"]: 0.5 for p in prompts}}
+    for name, gens in list(generations.items())[1:]:
+        triples = [(p["instruction"], gens[p["id"]]["text"], baseline[p["id"]]["text"]) for p in prompts]
+        if isinstance(judge, OpenAIJudge):
+            rows = judge.prefer_all(triples)
+        else:
+            rows = [judge.prefer(*t) for t in tqdm(triples, desc=f"judge {name}", file=sys.stderr)]
+        prefs[name] = {p["id"]: r["preference"] for p, r in zip(prompts, rows)}
+    return judge.label, prefs
+
+
+def metrics(args, prompts, generations, prefs) -> list[dict]:
+    baseline = generations[next(iter(generations))]
+    rows = []
+    for name, gens in generations.items():
+        method, model = name.split(" · ", 1)
+        ids = [p["id"] for p in prompts]
+        p = [prefs[name][i] for i in ids]
+        lc, lb = [len(gens[i]["text"]) for i in ids], [len(baseline[i]["text"]) for i in ids]
+        lo, hi = bootstrap(lc_win_rate, p, lc, lb, n=args.bootstrap)
+        walls = [baseline[i]["wall_time"] / gens[i]["wall_time"] for i in ids]
+        rows.append({
+            "method": method, "model": model, "n": len(ids), "win_rate": win_rate(p),
+            "lc_win_rate": lc_win_rate(p, lc, lb), "lc_ci_low": lo, "lc_ci_high": hi,
+            "wall_speedup": geomean(walls),
+            "theoretical_speedup": geomean([gens[i]["theoretical_speedup"] or 1.0 for i in ids]),
+            "parallelism": sum(gens[i]["parallelism"] or 1.0 for i in ids) / len(ids),
+            "tokens_per_s": sum(gens[i]["tokens"] for i in ids) / sum(gens[i]["wall_time"] for i in ids),
+            "mean_tokens": sum(gens[i]["tokens"] for i in ids) / len(ids),
+            "repaired": sum(bool(gens[i]["repairs"]) for i in ids)})
+    return rows
+
+
+def main(args: EvalArguments) -> list[dict]:
+    started = time.time()
+    out = Path(args.output_root) / args.run_name / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = load_prompts(args.prompts, args.limit)
+    generations = generate(args, prompts, out)
+    label, prefs = judge_all(args, prompts, generations, out)
+    rows = metrics(args, prompts, generations, prefs)
+    report.write_table(rows, out, label)
+    report.pareto_plot(rows, out / "pareto.png", label)
+    report.alpaca_eval_export({n: list(g.values()) for n, g in generations.items()}, {p["id"]: p for p in prompts},
+                              out)
+    table = report.table_markdown(rows, label)
+    report.html_report(prompts, generations, prefs, out / "report.html", label, table)
+    (out / "args.json").write_text(json.dumps(asdict(args), indent=1))
+    print(table)
+    print(f"plot: {out / 'pareto.png'}\nreport: {out / 'report.html'}\n({time.time() - started:.0f} s)")
+    return rows

@@ -1,0 +1,122 @@
+"""The whole evaluation on tiny models: generations cached, judged, tabled, plotted, exported."""
+
+import json
+import re
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from tiny import bpe_tokenizer, tiny_model
+
+from eval.judges import JudgmentCache, OpenAIJudge
+from eval.prompts import load_prompts
+from eval.run import EvalArguments, main
+from eval.winrate import bootstrap, lc_win_rate, win_rate
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    tok = bpe_tokenizer()
+    for i, name in enumerate(["baseline-sft", "pasta-sft"]):
+        tiny_model("llama", len(tok), seed=i).save_pretrained(root / "t" / "models" / name)
+        tok.save_pretrained(root / "t" / "models" / name)
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"instruction": q, "category": c}) for q, c in
+                                 [("List three fruits.", "a"), ("Why is the sky blue?", "b"), ("Say hi.", "a")]))
+    return root
+
+
+def _args(root, **kw):
+    return EvalArguments(run_name="t", output_root=str(root), prompts=str(root / "prompts.jsonl"), max_new_tokens=16,
+                         proxy_reference=str(root / "t" / "models" / "baseline-sft"),
+                         base_model=str(root / "t" / "models" / "baseline-sft"), bootstrap=50, **kw)
+
+
+def test_eval_end_to_end_and_caching(run_root, capsys):
+    rows = main(_args(run_root))
+    out = run_root / "t" / "eval"
+    names = [(r["method"], r["model"]) for r in rows]
+    assert names[0] == ("sequential", "baseline-sft") and ("pasta", "pasta-sft") in names
+    assert {"sot", "pattern"} <= {m for m, _ in names}
+    assert rows[0]["win_rate"] == 50.0 and rows[0]["wall_speedup"] == 1.0
+    for f in ["results.md", "results.csv", "pareto.png", "report.html", "alpaca_eval/pasta_pasta-sft.json"]:
+        assert (out / f).exists(), f
+    assert "offline proxy" in (out / "results.md").read_text()
+    exported = json.loads((out / "alpaca_eval/pasta_pasta-sft.json").read_text())
+    assert {"instruction", "output", "generator"} <= exported[0].keys() and len(exported) == 3
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")}
+    main(_args(run_root))  # everything cached: nothing is generated again
+    assert {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")} == sizes
+    assert "plot:" in capsys.readouterr().out
+
+
+def test_missing_models_say_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match="make finetune"):
+        main(EvalArguments(run_name="none", output_root=str(tmp_path), prompts="mt-bench", limit=1))
+
+
+def test_prompt_sets(tmp_path):
+    mt = load_prompts("mt-bench")
+    assert len(mt) == 80 and mt[0]["id"] == "mt81"
+    assert len({p["category"] for p in load_prompts("mt-bench", 8)}) == 8  # a small run covers every category
+    alpaca = tmp_path / "alpaca_eval.json"
+    alpaca.write_text(json.dumps([{"instruction": f"q{i}", "output": "o", "generator": "g", "dataset": "d"}
+                                  for i in range(5)]))
+    assert [p["instruction"] for p in load_prompts(f"alpaca-eval:{alpaca}")] == [f"q{i}" for i in range(5)]
+
+
+def test_length_control_removes_a_preference_explained_by_length():
+    rng = np.random.default_rng(0)
+    longer, base = rng.integers(50, 400, 200), rng.integers(50, 400, 200)
+    prefs = np.where(longer > base, 0.95, 0.05)
+    assert abs(lc_win_rate(prefs, longer, base) - 50) < 5
+    fair = np.where(rng.random(200) < 0.7, 0.95, 0.05)
+    assert lc_win_rate(fair, longer, base) > 60 and win_rate(fair) > 60
+    lo, hi = bootstrap(lc_win_rate, fair, longer, base, n=100)
+    assert lo < lc_win_rate(fair, longer, base) < hi
+
+
+@pytest.fixture
+def judge_server():
+    app = FastAPI()
+    app.state.calls = 0
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict):
+        app.state.calls += 1
+        text = body["messages"][-1]["content"]
+        a, b = re.search(r"\[Answer A\]\n(.*)\n\n\[Answer B\]\n(.*)", text, re.S).groups()
+        verdict = "A" if len(a) >= len(b) else "B"  # this judge likes long answers
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": verdict},
+                             "finish_reason": "stop"}]}
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1", app
+    server.should_exit = True
+    thread.join(5)
+
+
+def test_openai_judge_both_orders_and_cache(judge_server, tmp_path):
+    url, app = judge_server
+    cache = JudgmentCache(tmp_path / "j.jsonl")
+    judge = OpenAIJudge("judge-model", cache, base_url=url)
+    rows = judge.prefer_all([("q", "a long answer here", "short"), ("q", "tiny", "a much longer answer")])
+    assert [r["preference"] for r in rows] == [1.0, 0.0]
+    assert app.state.calls == 4  # each pair judged in both orders
+    again = OpenAIJudge("judge-model", JudgmentCache(tmp_path / "j.jsonl"), base_url=url)
+    again.prefer_all([("q", "a long answer here", "short")])
+    assert app.state.calls == 4  # the cached verdict is not paid for twice
