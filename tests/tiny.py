@@ -71,3 +71,24 @@ def tiny_model(family: str = "llama", vocab_size: int = 400, seed: int = 0):
               "gemma": lambda: GemmaConfig(head_dim=16, **common)}[family]()
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def memorize(model, tokenizer, prompt, stored: str, steps: int = 150, lr: float = 3e-3):
+    """Trains `model` on one stored sequence with PASTA masks until it writes it back (for tests that
+    need a model that really writes tags)."""
+    import torch
+
+    from interpreter import build_layout, prompt_ids, turn_end_id
+
+    lay = build_layout(stored, tokenizer, prompt_ids(tokenizer, prompt), end_id=turn_end_id(tokenizer))
+    ids, pos = torch.tensor([lay.input_ids]), torch.tensor([lay.position_ids])
+    mask, targets = lay.additive_mask()[None, None], torch.tensor(lay.targets)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        logits = model(input_ids=ids, position_ids=pos, attention_mask=mask).logits[0]
+        loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

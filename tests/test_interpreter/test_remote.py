@@ -1,0 +1,49 @@
+"""The serving-engine backend: Pasta-Lang over /v1/completions, against the project's own server."""
+
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+from tiny import bpe_tokenizer, memorize, tiny_model
+
+from interpreter import Engine, Options, parse, prompt_ids
+from interpreter.remote import RemoteInterpreter
+from interpreter.server import create_app
+
+STORED = ('Tips:<promise topic="a" tokens="6"/><async> one two</async><promise topic="b" tokens="6"/>'
+          "<async> three</async><sync/> done")
+
+
+@pytest.fixture(scope="module")
+def served():
+    tok = bpe_tokenizer()
+    engine = Engine(memorize(tiny_model("llama", len(tok)), tok, "List", STORED, steps=120), tok)
+    app = create_app(engine, "tiny", defaults=Options(max_new_tokens=64))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield engine, f"http://127.0.0.1:{port}/v1", app
+    server.should_exit = True
+    thread.join(5)
+
+
+def test_remote_backend_decodes_the_same_structure_as_the_engine(served):
+    engine, url, app = served
+    local = engine.generate("List")
+    assert local.stored == STORED  # the model really writes tags
+    raw_prompt = engine.tokenizer.decode(prompt_ids(engine.tokenizer, "List"))
+    before = app.state.stats["requests"]
+    remote = RemoteInterpreter(url, "tiny", max_tokens=64, max_thread_tokens=32).generate(raw_prompt)
+    ours, theirs = parse(local.stored), parse(remote.stored)
+    assert [b.promise.topic for b in theirs.blocks] == [b.promise.topic for b in ours.blocks]
+    assert len(theirs.syncs) == len(ours.syncs) and remote.threads == 2
+    assert remote.requests == app.state.stats["requests"] - before == 4  # main, 2 blocks, main after the sync
+    assert remote.text == parse(remote.stored).stripped
