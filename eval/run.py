@@ -21,6 +21,7 @@ from .judges import JudgmentCache, OpenAIJudge, ProxyJudge
 from .methods import Pasta, Sequential, SkeletonOfThought
 from .pattern import PatternDecoder
 from .prompts import load_prompts
+from .shards import merge, parse_shard, shard_path
 from .winrate import bootstrap, geomean, lc_win_rate, win_rate
 
 METHODS = {"sequential": Sequential, "pasta": Pasta, "sot": SkeletonOfThought, "pattern": PatternDecoder}
@@ -54,6 +55,11 @@ class EvalArguments:
     judge_concurrency: int = 16
     proxy_reference: str | None = field(default=None, metadata={"help": "the proxy's likelihood model; default base"})
     bootstrap: int = field(default=500, metadata={"help": "bootstrap resamples for confidence intervals"})
+    # Many workers
+    shard: str | None = field(default=None, metadata={"help": "i/n: generate every n-th prompt from the i-th on, "
+                                                               "into shard files; no judging or report"})
+    merge_shards: int | None = field(default=None, metadata={"help": "n: join the n shards' generations (each "
+                                                                     "prompt exactly once), then judge and report"})
 
 
 def _models_dir(args: EvalArguments) -> Path:
@@ -113,16 +119,18 @@ class Generations:
             os.fsync(f.fileno())
 
 
-def generate(args: EvalArguments, prompts: list[dict], out: Path) -> dict[str, dict[str, dict]]:
+def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[int, int] | None = None):
     options = Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
                       max_threads=args.max_threads)
     engines: dict[str, Engine] = {}
     generations = {}
     for method, label, path in plan(args):
         name = f"{method} · {label}"
-        cache = Generations(out / "generations" / f"{method}--{report._slug(label)}.jsonl",
+        file = out / "generations" / f"{method}--{report._slug(label)}.jsonl"
+        cache = Generations(shard_path(file, *shard) if shard else file,
                             {"method": method, "model": path, "options": asdict(options), "dtype": args.dtype})
-        todo = [p for p in prompts if p["id"] not in cache.rows]
+        mine = [p for i, p in enumerate(prompts) if shard is None or i % shard[1] == shard[0]]
+        todo = [p for p in mine if p["id"] not in cache.rows]
         if todo:
             if path not in engines:
                 model, tok = load_model(path, dtype=args.dtype, device=args.device)
@@ -184,6 +192,15 @@ def main(args: EvalArguments) -> list[dict]:
     out = Path(args.output_root) / args.run_name / "eval"
     out.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(args.prompts, args.limit)
+    if args.shard:
+        index, count = parse_shard(args.shard)
+        done = generate(args, prompts, out, (index, count))
+        print(f"shard {index}/{count}: {sum(len(g) for g in done.values())} generations in {out / 'generations'}; "
+              f"join them with --merge_shards {count}")
+        return []
+    if args.merge_shards:
+        for path in merge(out / "generations", args.merge_shards, {p["id"] for p in prompts}):
+            print(f"merged {path}")
     generations = generate(args, prompts, out)
     label, prefs = judge_all(args, prompts, generations, out)
     rows = metrics(args, prompts, generations, prefs)

@@ -1,0 +1,57 @@
+"""Many workers, one evaluation: `--shard i/n` generates every n-th prompt into its own files;
+`--merge_shards n` joins the n workers' files exactly once, and refuses a gap or an overlap."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise SystemExit(f"--shard must be i/n with 0 <= i < n, not {spec!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_path(path: Path, index: int, count: int) -> Path:
+    return path.with_name(f"{path.stem}.shard-{index}-of-{count}{path.suffix}")
+
+
+def merge(folder: Path, count: int, expected: set[str]) -> list[Path]:
+    """Joins every `<name>.shard-i-of-n.jsonl` under `folder` into `<name>.jsonl`; returns the merged files."""
+    groups: dict[str, dict[int, Path]] = {}
+    for path in folder.glob(f"*.shard-*-of-{count}.jsonl"):
+        name, index = re.fullmatch(rf"(.+)\.shard-(\d+)-of-{count}\.jsonl", path.name).groups()
+        groups.setdefault(name, {})[int(index)] = path
+    if not groups:
+        raise SystemExit(f"no shard files (*.shard-i-of-{count}.jsonl) under {folder}")
+    merged = []
+    for name, shards in sorted(groups.items()):
+        missing = sorted(set(range(count)) - shards.keys())
+        if missing:
+            raise SystemExit(f"{name}: shards {missing} of {count} have not written anything yet")
+        rows, seen = [], {}
+        for index, path in sorted(shards.items()):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill; that shard redoes the prompt when rerun
+                key = row["prompt_id"]
+                if key in seen and seen[key] != index:
+                    raise SystemExit(f"{name}: prompt {key} was answered by shards {seen[key]} and {index}")
+                seen[key] = index
+                rows.append(row)
+        lacking = expected - seen.keys()
+        if lacking:
+            raise SystemExit(f"{name}: {len(lacking)} prompts have no answer yet (e.g. {sorted(lacking)[0]}); "
+                             "rerun the shards that own them")
+        target = folder / f"{name}.jsonl"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, target)
+        merged.append(target)
+    return merged
