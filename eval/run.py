@@ -1,6 +1,6 @@
 """The evaluation: every method answers every prompt (cached), a judge compares each answer with the
 sequential baseline's, and the results become a table, a Pareto plot, an alpaca_eval export and a
-browsable report under runs/<run_name>/eval/."""
+browsable report under <run_dir>/eval/."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ METHODS = {"sequential": Sequential, "pasta": Pasta, "sot": SkeletonOfThought, "
 @dataclass
 class EvalArguments:
     # Run folder
-    run_name: str = field(default="demo", metadata={"help": "results go to <output_root>/<run_name>/eval"})
-    output_root: str = field(default="runs")
+    run_dir: str = field(default="runs/demo", metadata={"help": "run folder: models from <run_dir>/models, "
+                                                                "results to <run_dir>/eval"})
     # Prompts
     prompts: str = field(default="mt-bench", metadata={"help": "mt-bench, alpaca-eval, alpaca-eval:PATH or a JSONL"})
     limit: int | None = field(default=None, metadata={"help": "first N prompts, taken across categories"})
@@ -63,7 +63,7 @@ class EvalArguments:
 
 
 def _models_dir(args: EvalArguments) -> Path:
-    return Path(args.output_root) / args.run_name / "models"
+    return Path(args.run_dir) / "models"
 
 
 def plan(args: EvalArguments) -> list[tuple[str, str, str]]:
@@ -189,7 +189,7 @@ def metrics(args, prompts, generations, prefs) -> list[dict]:
 
 def main(args: EvalArguments) -> list[dict]:
     started = time.time()
-    out = Path(args.output_root) / args.run_name / "eval"
+    out = Path(args.run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(args.prompts, args.limit)
     if args.shard:

@@ -32,7 +32,7 @@ def run_root(tmp_path_factory):
 
 
 def _args(root, **kw):
-    return EvalArguments(run_name="t", output_root=str(root), prompts=str(root / "prompts.jsonl"), max_new_tokens=16,
+    return EvalArguments(run_dir=str(root / "t"), prompts=str(root / "prompts.jsonl"), max_new_tokens=16,
                          proxy_reference=str(root / "t" / "models" / "baseline-sft"),
                          base_model=str(root / "t" / "models" / "baseline-sft"), bootstrap=50, **kw)
 
@@ -57,7 +57,7 @@ def test_eval_end_to_end_and_caching(run_root, capsys):
 
 def test_missing_models_say_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match="make finetune"):
-        main(EvalArguments(run_name="none", output_root=str(tmp_path), prompts="mt-bench", limit=1))
+        main(EvalArguments(run_dir=str(tmp_path / "none"), prompts="mt-bench", limit=1))
 
 
 def test_prompt_sets(tmp_path):

@@ -22,7 +22,7 @@ def run_root(tmp_path_factory):
 
 
 def _flags(root):
-    return ["--run_name", "s", "--output_root", str(root), "--prompts", str(root / "p.jsonl"), "--max_new_tokens",
+    return ["--run_dir", str(root / "s"), "--prompts", str(root / "p.jsonl"), "--max_new_tokens",
             "8", "--methods", "sequential", "pasta", "--bootstrap", "20",
             "--proxy_reference", str(root / "s" / "models" / "baseline-sft")]
 
@@ -37,7 +37,7 @@ def test_three_workers_then_merge(run_root):
     shard_rows = [json.loads(line) for f in gens.glob("*.shard-*-of-3.jsonl") for line in f.read_text().splitlines()]
     assert len(shard_rows) == 2 * 7  # two rows of the table, seven prompts, each answered once
 
-    args = EvalArguments(run_name="s", output_root=str(run_root), prompts=str(run_root / "p.jsonl"),
+    args = EvalArguments(run_dir=str(run_root / "s"), prompts=str(run_root / "p.jsonl"),
                          max_new_tokens=8, methods=["sequential", "pasta"], bootstrap=20, merge_shards=3,
                          proxy_reference=str(run_root / "s" / "models" / "baseline-sft"))
     rows = main(args)
@@ -53,7 +53,7 @@ def test_merge_refuses_a_missing_shard(run_root, tmp_path):
     gens = tmp_path / "s" / "eval" / "generations"
     gens.mkdir(parents=True)
     (gens / "sequential--baseline-sft.shard-0-of-2.jsonl").write_text("")
-    args = EvalArguments(run_name="s", output_root=str(tmp_path), prompts=str(tmp_path / "p.jsonl"), merge_shards=2,
+    args = EvalArguments(run_dir=str(tmp_path / "s"), prompts=str(tmp_path / "p.jsonl"), merge_shards=2,
                          baseline_model=str(run_root / "s" / "models" / "baseline-sft"), methods=["sequential"])
     with pytest.raises(SystemExit, match=r"shards \[1\] of 2"):
         main(args)
