@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pasta-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint
+.PHONY: setup test test-fast lint dataset
+
+DATASET_CONFIG ?= configs/demo/dataset.yaml
+DATASET_ARGS ?=
 
 setup: $(STAMP)
 
@@ -26,3 +29,6 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+dataset: setup
+	$(PY) -m data_gen --config $(DATASET_CONFIG) $(DATASET_ARGS)

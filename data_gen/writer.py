@@ -1,0 +1,207 @@
+"""The dataset on disk: a `save_to_disk` DatasetDict (train/test) with the same rows as JSONL, stats.json,
+a histogram of theoretical speedup and a dataset card, swapped into place only once complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from .filters import FIXES, RULES
+
+COLUMNS = {
+    "id": "stable hash of the prompt and the original answer",
+    "messages": "the prompt conversation, without the answer (list of {role, content})",
+    "annotated": "the answer in Pasta-Lang's stored form, tags in place (what PASTA-SFT trains on)",
+    "stripped": "the original answer, interpreter.strip(annotated) (what the Baseline-SFT control trains on)",
+    "source": "where the record came from",
+    "teacher": "who annotated it",
+    "blocks": "async blocks in the answer (0: kept to teach when not to fork)",
+    "sequential_tokens": "tokens of the stripped answer under the student's tokenizer",
+    "parallel_steps": "decoding steps of the annotated answer, every thread one token a step",
+    "total_tokens": "every token of the annotated answer, tags included",
+    "theoretical_speedup": "sequential_tokens / parallel_steps",
+    "parallelism": "total_tokens / parallel_steps",
+}
+
+
+def features():
+    from datasets import Features, List, Value
+
+    ints = {k: Value("int32") for k in ("blocks", "sequential_tokens", "parallel_steps", "total_tokens")}
+    return Features({"id": Value("string"), "messages": List({"role": Value("string"), "content": Value("string")}),
+                     "annotated": Value("string"), "stripped": Value("string"), "source": Value("string"),
+                     "teacher": Value("string"), **ints, "theoretical_speedup": Value("float64"),
+                     "parallelism": Value("float64")})
+
+
+def split(rows: list[dict], test_size: float) -> tuple[list[dict], list[dict]]:
+    """Test rows are those with the smallest ids (ids are hashes): stable as the set grows."""
+    rows = sorted(rows, key=lambda r: r["id"])
+    n_test = round(len(rows) * test_size)
+    if test_size > 0 and len(rows) >= 2:
+        n_test = min(max(n_test, 1), len(rows) - 1)
+    return rows[n_test:], rows[:n_test]
+
+
+def speedup_stats(rows: list[dict]) -> dict:
+    s = sorted(r["theoretical_speedup"] for r in rows)
+    forked = [r["theoretical_speedup"] for r in rows if r["blocks"]]
+    q = statistics.quantiles(s, n=10, method="inclusive") if len(s) >= 2 else [s[0]] * 9
+    return {"mean": round(statistics.fmean(s), 4), "mean_with_blocks": round(statistics.fmean(forked), 4)
+            if forked else None, "median": round(statistics.median(s), 4), "p10": round(q[0], 4),
+            "p90": round(q[-1], 4), "min": round(s[0], 4), "max": round(s[-1], 4)}
+
+
+def stats_report(rows, train, test, counts: Counter, extra: dict) -> dict:
+    blocks = Counter(r["blocks"] for r in rows)
+    return {
+        **extra,
+        "kept": len(rows), "train": len(train), "test": len(test),
+        "with_blocks": sum(n for b, n in blocks.items() if b), "without_blocks": blocks[0],
+        "rejected": {rule: counts[rule] for rule in RULES},
+        "fixed": {fix: counts[f"fix:{fix}"] for fix in FIXES},
+        "invalid_by_validator_rule": {k.split(":", 1)[1]: v for k, v in sorted(counts.items())
+                                      if k.startswith("validator:")},
+        "theoretical_speedup": speedup_stats(rows),
+        "blocks_per_answer": {str(b): blocks[b] for b in sorted(blocks)},
+    }
+
+
+def histogram(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [r["theoretical_speedup"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(values, bins=min(30, max(5, len(values) // 5)), color="#4c72b0")
+    mean = statistics.fmean(values)
+    ax.axvline(mean, color="#c44e52", linestyle="--", label=f"mean {mean:.2f}")
+    ax.set(xlabel="theoretical speedup (sequential tokens / parallel steps)", ylabel="examples", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def card(stats: dict, command: str) -> str:
+    s = stats["theoretical_speedup"]
+    rules = "\n".join(f"| `{k}` | {v} | {RULES[k]} |" for k, v in stats["rejected"].items())
+    fixes = "\n".join(f"| `{k}` | {v} | {FIXES[k]} |" for k, v in stats["fixed"].items())
+    cols = "\n".join(f"| `{k}` | {v} |" for k, v in COLUMNS.items())
+    teacher_note = ("The structural teacher is a deterministic, rule-based annotator, not a language model: it forks "
+                    "list items, steps, sections and self-contained paragraphs by their layout, not by their meaning."
+                    if stats["teacher"].startswith("structural") else
+                    "The teacher is a language model behind an OpenAI-compatible endpoint, prompted with the "
+                    f"Pasta-Lang rules and 7 hand-annotated examples (prompt version {stats.get('prompt_version')}).")
+    return f"""---
+pretty_name: PASTA annotated answers ({stats['run']})
+language:
+- en
+tags:
+- pasta
+- pasta-lang
+- parallel-decoding
+- synthetic
+task_categories:
+- text-generation
+---
+
+# PASTA annotated answers: `{stats['run']}`
+
+Answers annotated with Pasta-Lang tags (`<promise/>`, `<async>`, `<sync/>`) for training a model to
+decode the independent parts of its answer in parallel (Jin et al., "Learning to Keep a Promise", ICML 2025).
+
+- Source: `{stats['source']}` ({stats['records']} records read)
+- Teacher: **{stats['teacher']}**. {teacher_note}
+- Student tokenizer (promise lengths, cost measures): `{stats['student']}`, tag pieces as added tokens:
+  {stats['tag_tokens']}; promise lengths rounded up to {stats['tokens_granularity']} tokens
+- Kept: {stats['kept']} (train {stats['train']}, test {stats['test']}); {stats['with_blocks']} with blocks,
+  {stats['without_blocks']} without
+- Theoretical speedup: mean {s['mean']}, mean over answers with blocks {s['mean_with_blocks']},
+  median {s['median']}, p10 {s['p10']}, p90 {s['p90']}
+
+![theoretical speedup](speedup_hist.png)
+
+Built with `{command}`.
+
+## Columns
+
+| column | meaning |
+| --- | --- |
+{cols}
+
+## Filters
+
+Each rejected example is counted under the first rule it breaks.
+
+| rule | rejected | meaning |
+| --- | --- | --- |
+{rules}
+
+| fix | examples | meaning |
+| --- | --- | --- |
+{fixes}
+
+## Loading
+
+```python
+from data_gen import load_dataset
+ds = load_dataset("{stats['run']}")  # a DatasetDict with train and test
+```
+"""
+
+
+def _jsonl(rows: list[dict], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write(out: Path, train: list[dict], test: list[dict], stats: dict, command: str) -> None:
+    """Writes everything to a temporary folder beside `out`, then swaps it in."""
+    from datasets import Dataset, DatasetDict
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in out.parent.glob(f".{out.name}.*"):  # from a run killed while writing
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
+    feats = features()
+    DatasetDict({"train": Dataset.from_list(train, features=feats),
+                 "test": Dataset.from_list(test, features=feats)}).save_to_disk(str(tmp))
+    _jsonl(train, tmp / "train.jsonl")
+    _jsonl(test, tmp / "test.jsonl")
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    histogram(train + test, tmp / "speedup_hist.png", f"{stats['run']}: {stats['teacher']}")
+    (tmp / "README.md").write_text(card(stats, command), encoding="utf-8")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_dataset(run: str | os.PathLike = "runs/demo"):
+    """The DatasetDict of a run: give the run folder or the dataset folder itself."""
+    from datasets import load_from_disk
+
+    run = Path(run)
+    for path in (run, run / "dataset"):
+        if (path / "dataset_dict.json").exists():
+            return load_from_disk(str(path))
+    raise FileNotFoundError(f"no dataset in {run} or {run / 'dataset'}; build it with: python -m data_gen "
+                            f"--run_dir {run}")
+
+
+def push(out: Path, repo_id: str, private: bool) -> None:
+    from datasets import load_from_disk
+    from huggingface_hub import HfApi
+
+    load_from_disk(str(out)).push_to_hub(repo_id, private=private)
+    api = HfApi()
+    for name in ("README.md", "stats.json", "speedup_hist.png"):
+        api.upload_file(path_or_fileobj=str(out / name), path_in_repo=name, repo_id=repo_id, repo_type="dataset")
