@@ -13,8 +13,11 @@ from .parser import PastaSyntaxError, parse
 def _read(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
-    with open(path, encoding="utf-8", newline="") as f:
-        return f.read()
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except OSError as err:
+        raise OSError(f"cannot read {path}: {err.strerror or err}") from None
 
 
 def _validate(args) -> int:
