@@ -1,8 +1,38 @@
-"""python -m finetune: SFT and preference optimization with PASTA attention masks."""
+"""python -m finetune: SFT with PASTA attention masks (LoRA or full; the PASTA model and its Baseline-SFT control).
 
-import argparse
+  python -m finetune --config configs/demo/smollm2-sft.yaml --variant both
+  accelerate launch --config_file configs/accelerate/zero2.yaml -m finetune --config configs/paper/gemma-7b-sft.yaml
+
+Every recipe key is also a flag, and flags override the recipe (TRL's TrlParser).
+"""
+
+import os
 import sys
 
-parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__)
-parser.parse_args()
-sys.exit("python -m finetune: this stage is not built yet (see the project's issues)")
+
+def main(argv=None) -> None:
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from interpreter import ModelNotFound
+
+    from .data import DatasetError
+    from .sft import FinetuneArguments, check_args, train
+
+    parser = TrlParser((FinetuneArguments, SFTConfig, ModelConfig), prog="python -m finetune", description=__doc__)
+    try:
+        args, sft, model_args = parser.parse_args_and_config(argv)
+        check_args(args, sft, model_args)
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    if "wandb" in sft.report_to and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # logs locally unless an account is set up
+    variants = ["pasta", "baseline"] if args.variant == "both" else [args.variant]
+    try:
+        for variant in variants:
+            train(variant, args, sft, model_args)
+    except (DatasetError, ModelNotFound, ValueError) as err:
+        sys.exit(f"python -m finetune: {err}")
+
+
+if __name__ == "__main__":
+    main()

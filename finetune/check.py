@@ -1,0 +1,90 @@
+"""python -m finetune.check: does the finetuned PASTA model write tags the interpreter can run as written?
+
+Decodes the dataset's held-out prompts with the engine (PASTA mode, greedy) and reports the share
+of answers that needed no repair, the share of prompts whose reference answer has blocks that got
+at least one promise, and the mean theoretical speedup of the answers (`interpreter.measure`).
+Writes every answer and the summary to --out (default <model>/check.json).
+
+  python -m finetune.check --model runs/demo/models/pasta-sft
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from interpreter import Engine, Options, PastaSyntaxError, load_model, measure, parse
+
+from .data import load_splits, split
+
+
+@dataclass
+class CheckArguments:
+    model: str = field(default="runs/demo/models/pasta-sft", metadata={"help": "the finetuned model folder"})
+    run_dir: str = field(default="runs/demo", metadata={"help": "run folder whose dataset holds the prompts"})
+    dataset: str | None = field(default=None, metadata={"help": "instead of <run_dir>/dataset (as in finetune)"})
+    split: str = field(default="test", metadata={"help": "held-out split to decode"})
+    limit: int | None = field(default=None, metadata={"help": "decode the first N prompts only"})
+    max_new_tokens: int = field(default=384, metadata={"help": "token budget of one answer, all threads together"})
+    out: str | None = field(default=None, metadata={"help": "where to write the answers and summary"})
+
+
+def reference_blocks(row: dict) -> int:
+    return row["blocks"] if "blocks" in row else len(parse(row["annotated"]).blocks)
+
+
+def check(args: CheckArguments) -> dict:
+    where = args.dataset or str(Path(args.run_dir) / "dataset")
+    rows = split(load_splits(where), args.split, where)
+    if args.limit:
+        rows = rows.select(range(min(args.limit, len(rows))))
+    model, tokenizer = load_model(args.model)
+    engine = Engine(model, tokenizer)
+    answers = []
+    started = time.perf_counter()
+    for i, row in enumerate(rows):
+        result = engine.generate(row["messages"], mode="pasta", options=Options(max_new_tokens=args.max_new_tokens))
+        try:
+            speedup = measure(result.stored, tokenizer).theoretical_speedup
+        except PastaSyntaxError as err:  # should not happen: the engine stores what it ran, repaired
+            speedup, result.repairs = 1.0, [*result.repairs, f"stored form does not parse: {err}"]
+        answers.append({"id": row.get("id", i), "reference_blocks": reference_blocks(row), "threads": result.threads,
+                        "repairs": result.repairs, "finish_reason": result.finish_reason,
+                        "theoretical_speedup": round(speedup, 4), "stored": result.stored})
+        print(f"{i + 1}/{len(rows)} threads={result.threads} repairs={len(result.repairs)} speedup={speedup:.2f}",
+              file=sys.stderr, flush=True)
+    with_blocks = [a for a in answers if a["reference_blocks"] > 0]
+    summary = {
+        "model": args.model, "dataset": where, "split": args.split, "answers": len(answers),
+        "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
+        "prompts_with_reference_blocks": len(with_blocks),
+        "promise_share": round(sum(a["threads"] > 0 for a in with_blocks) / len(with_blocks), 4)
+        if with_blocks else None,
+        "mean_theoretical_speedup": round(sum(a["theoretical_speedup"] for a in answers) / len(answers), 4),
+        "cut_at_max_new_tokens": sum(a["finish_reason"] == "length" for a in answers),
+        "max_new_tokens": args.max_new_tokens, "wall_time_s": round(time.perf_counter() - started, 1)}
+    out = Path(args.out or Path(args.model) / "check.json")
+    out.write_text(json.dumps({"summary": summary, "answers": answers}, indent=1, ensure_ascii=False) + "\n")
+    return summary
+
+
+def main(argv=None) -> None:
+    from trl import TrlParser
+
+    from interpreter import ModelNotFound
+
+    from .data import DatasetError
+
+    parser = TrlParser((CheckArguments,), prog="python -m finetune.check", description=__doc__)
+    (args,) = parser.parse_args_and_config(argv)
+    try:
+        print(json.dumps(check(args), indent=1))
+    except (DatasetError, ModelNotFound, OSError, ValueError) as err:
+        sys.exit(f"python -m finetune.check: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""`python -m finetune` end to end on a tiny random model: LoRA and full, both variants, merge, resume, errors."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from ft_helpers import save_dataset, save_tiny_model
+from safetensors.torch import load_file
+
+from finetune.__main__ import main
+from interpreter import TAG_PIECES, add_tag_tokens, has_tag_tokens, load_model
+
+FAST = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--bf16", "false", "--activation_checkpointing",
+        "false", "--report_to", "none", "--logging_steps", "1", "--save_steps", "1", "--learning_rate", "1e-2",
+        "--disable_tqdm", "true"]
+LORA = ["--add_tag_tokens", "--use_peft", "--lora_target_modules", "all-linear", "--lora_r", "4", "--lora_alpha", "8"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    (root / "data").mkdir()
+    return {"data": save_dataset(root / "data"), "model": save_tiny_model(root / "model", "llama", tied=True)}
+
+
+def run(setup, run_dir, *extra):
+    main(["--run_dir", str(run_dir), "--dataset", setup["data"], "--model_name_or_path", setup["model"], *FAST, *extra])
+
+
+def tag_rows(setup):
+    """The new tag tokens' embedding rows as training starts them (the mean of their plain-text pieces)."""
+    model, tok = load_model(setup["model"])
+    add_tag_tokens(tok, model)
+    ids = [tok.convert_tokens_to_ids(p) for p in TAG_PIECES if p not in load_model(setup["model"])[1].get_vocab()]
+    return ids, model.get_input_embeddings().weight[ids].detach().clone(), model
+
+
+def test_lora_trains_new_tag_embeddings_and_merges_exactly(setup, tmp_path):
+    from peft import PeftModel
+
+    run(setup, tmp_path, *LORA)
+    out = tmp_path / "models" / "pasta-sft"
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["steps"] == 2 and summary["lora"] and summary["tag_tokens_added"] > 0
+    merged, tok = load_model(str(out))
+    assert has_tag_tokens(tok)
+    ids, before, base = tag_rows(setup)
+    after = merged.get_input_embeddings().weight[ids]
+    assert not torch.allclose(after, before, atol=1e-4)  # the new tokens' embeddings trained
+    assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight  # still tied
+    adapted = PeftModel.from_pretrained(base, str(tmp_path / "checkpoints" / "pasta-sft")).eval()
+    ids = torch.tensor([tok("Try these:<promise topic=\"a\" tokens=\"3\"/><async>x</async><sync/>")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-4)
+
+
+def test_full_finetune_of_both_variants(setup, tmp_path):
+    run(setup, tmp_path, "--variant", "both", "--add_tag_tokens")
+    pasta, pasta_tok = load_model(str(tmp_path / "models" / "pasta-sft"))
+    baseline, baseline_tok = load_model(str(tmp_path / "models" / "baseline-sft"))
+    assert has_tag_tokens(pasta_tok) and not has_tag_tokens(baseline_tok)  # the control never sees a tag
+    ids, before, _ = tag_rows(setup)
+    assert not torch.allclose(pasta.get_input_embeddings().weight[ids], before, atol=1e-4)
+    for name in ("pasta-sft", "baseline-sft"):
+        summary = json.loads((tmp_path / "models" / name / "training.json").read_text())
+        assert summary["steps"] == 2 and not summary["lora"] and summary["final_loss"] > 0
+    assert json.loads((tmp_path / "models" / "baseline-sft" / "training.json").read_text())["tag_tokens_added"] == 0
+
+
+def test_a_rerun_keeps_finished_models_unless_told_to_overwrite(setup, tmp_path, capsys):
+    run(setup, tmp_path)
+    weights = tmp_path / "models/pasta-sft/model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    run(setup, tmp_path)
+    assert weights.stat().st_mtime_ns == stamp and "already trained" in capsys.readouterr().err
+    run(setup, tmp_path, "--overwrite")
+    assert weights.stat().st_mtime_ns != stamp
+
+
+def test_train_layers_trains_only_the_top_of_the_stack(setup, tmp_path):
+    run(setup, tmp_path, "--train_layers", "1")
+    base = load_model(setup["model"])[0].state_dict()
+    tuned = load_model(str(tmp_path / "models" / "pasta-sft"))[0].state_dict()
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.startswith(("model.layers.1.", "model.norm.")) for k in changed)
+
+
+def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(setup, tmp_path):
+    run(setup, tmp_path, *LORA)
+    final = tmp_path / "models/pasta-sft/model.safetensors"
+    straight = load_file(str(final))
+    shutil.rmtree(tmp_path / "checkpoints/pasta-sft/checkpoint-2")  # as if stopped after step 1
+    final.unlink()
+    (tmp_path / "models/pasta-sft/training.json").unlink()  # written last: a killed run has none
+    # a fresh start at this other learning rate would end elsewhere; resuming restores weights, optimizer and schedule
+    run(setup, tmp_path, *LORA, "--resume_from_checkpoint", "true", "--learning_rate", "1e-3")  # picks checkpoint-1
+    state = json.loads((tmp_path / "checkpoints/pasta-sft/checkpoint-2/trainer_state.json").read_text())
+    assert state["global_step"] == 2 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2]
+    resumed = load_file(str(final))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.allclose(straight[k], resumed[k], atol=1e-6) for k in straight)
+
+
+def test_errors_say_what_went_wrong_and_where(setup, tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"nowhere: not a saved DatasetDict.*make dataset"):
+        main(["--run_dir", str(tmp_path), "--dataset", str(tmp_path / "nowhere"), "--model_name_or_path",
+              setup["model"], *FAST])
+    with pytest.raises(SystemExit, match=r"resume_from_checkpoint: .*nothing-here is not a checkpoint folder"):
+        run(setup, tmp_path, "--resume_from_checkpoint", str(tmp_path / "nothing-here"))
+    with pytest.raises(SystemExit):
+        run(setup, tmp_path, "--packing", "true")
+    assert "packing / padding_free would drop the 4D PASTA masks" in capsys.readouterr().err
