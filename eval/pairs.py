@@ -1,0 +1,158 @@
+"""Best-of-N preference pairs for BoNBoN (the paper's second stage).
+
+For each training prompt, N answers are sampled from the current PASTA model through the
+interpreter; each is scored as theoretical speedup + λ·quality, quality being a judge's
+preference for it over the dataset's reference answer (the openai judge, or the offline proxy).
+An answer whose tags needed repair never counts as best. For every λ the best and the worst
+answer of a prompt form a pair; `python -m finetune.prefopt` trains on them.
+
+python -m eval.pairs --policy runs/demo/models/pasta-sft --out runs/demo/prefopt/round-1 --lambdas 1 inf
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from interpreter import Engine, Options, load_model, measure
+
+from .judges import JudgmentCache, OpenAIJudge, ProxyJudge
+
+
+@dataclass
+class PairsArguments:
+    run_dir: str = field(default="runs/demo", metadata={"help": "reads <run_dir>/dataset unless --dataset"})
+    policy: str | None = field(default=None, metadata={"help": "model to sample; default <run_dir>/models/pasta-sft"})
+    out: str | None = field(default=None, metadata={"help": "folder for samples and pairs; default <run_dir>/prefopt"})
+    dataset: str | None = field(default=None, metadata={"help": "a saved dataset folder or a train.jsonl"})
+    num_prompts: int = field(default=32, metadata={"help": "training prompts to sample (seeded choice)"})
+    samples: int = field(default=10, metadata={"help": "N: answers sampled per prompt"})
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    lambdas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, math.inf],
+                                 metadata={"help": "λ in speedup + λ·quality; inf ranks by quality alone"})
+    judge: str = field(default="proxy", metadata={"help": "proxy (offline) or openai"})
+    judge_model: str = "gpt-4o"
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    proxy_reference: str = "smollm2-135m-instruct"
+    dtype: str | None = None
+    device: str | None = None
+    seed: int = 0
+
+
+def lambda_name(lam: float) -> str:
+    return "inf" if math.isinf(lam) else f"{lam:g}"
+
+
+def load_prompts(args: PairsArguments) -> list[dict]:
+    path = Path(args.dataset or Path(args.run_dir) / "dataset")
+    file = path if path.suffix == ".jsonl" else path / "train.jsonl"
+    if not file.exists():
+        raise SystemExit(f"no training prompts at {file}: run `make dataset` first or pass --dataset")
+    rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    random.Random(args.seed).shuffle(rows)
+    return rows[: args.num_prompts]
+
+
+def score(sample: dict, lam: float) -> float:
+    """What best-of-N ranks by; answers whose tags needed repair rank below every clean one."""
+    if sample["repaired"]:
+        return -1e9 + sample["speedup"]
+    if math.isinf(lam):
+        return sample["quality"] * 1e6 + sample["speedup"]  # quality first, speed breaks ties
+    return sample["speedup"] + lam * sample["quality"]
+
+
+def pairs_for(samples: dict[str, list[dict]], lam: float) -> list[dict]:
+    out = []
+    for prompt_id, group in samples.items():
+        ranked = sorted(group, key=lambda s: score(s, lam))
+        worst, best = ranked[0], ranked[-1]
+        if score(best, lam) <= score(worst, lam) or best["repaired"]:
+            continue  # nothing to learn from this prompt
+        out.append({"id": prompt_id, "messages": best["messages"], "chosen": best["stored"],
+                    "rejected": worst["stored"], "lambda": lambda_name(lam),
+                    "chosen_speedup": best["speedup"], "chosen_quality": best["quality"],
+                    "rejected_speedup": worst["speedup"], "rejected_quality": worst["quality"]})
+    return out
+
+
+def main(args: PairsArguments) -> dict:
+    policy = args.policy or str(Path(args.run_dir) / "models" / "pasta-sft")
+    out = Path(args.out or Path(args.run_dir) / "prefopt")
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = load_prompts(args)
+    model, tok = load_model(policy, dtype=args.dtype, device=args.device)
+    engine = Engine(model, tok)
+    cache_file = out / "samples.jsonl"
+    done = {}
+    if cache_file.exists():
+        for line in cache_file.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if row.get("policy") == policy:
+                done[(row["id"], row["score_seed"])] = row
+    judge_cache = JudgmentCache(out / f"judgments-{args.judge}.jsonl")
+    if args.judge == "openai":
+        judge = OpenAIJudge(args.judge_model, judge_cache, args.judge_base_url, args.judge_api_key_env)
+    else:
+        judge = ProxyJudge(args.proxy_reference, judge_cache, device=args.device)
+    samples: dict[str, list[dict]] = {}
+    todo = [(p, j) for p in prompts for j in range(args.samples) if (p["id"], j) not in done]
+    with open(cache_file, "a", encoding="utf-8") as f:
+        for p, j in tqdm(todo, desc=f"sampling {args.samples} per prompt", file=sys.stderr):
+            r = engine.generate(p["messages"], mode="pasta", options=Options(
+                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                seed=args.seed * 100003 + j))
+            row = {"id": p["id"], "score_seed": j, "policy": policy, "messages": p["messages"], "stored": r.stored,
+                   "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs), "threads": r.threads,
+                   "speedup": measure(r.stored, tok).theoretical_speedup}
+            done[(p["id"], j)] = row
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    instruction = {p["id"]: p["messages"][-1]["content"] for p in prompts}
+    rows = [done[(p["id"], j)] for p in prompts for j in range(args.samples)]
+    if isinstance(judge, OpenAIJudge):
+        verdicts = judge.prefer_all([(instruction[r["id"]], r["text"], r["reference"]) for r in rows])
+    else:
+        verdicts = [judge.prefer(instruction[r["id"]], r["text"], r["reference"])
+                    for r in tqdm(rows, desc="judging", file=sys.stderr)]
+    for r, v in zip(rows, verdicts):
+        r["quality"] = v["preference"]
+        samples.setdefault(r["id"], []).append(r)
+    summary = {"policy": policy, "judge": judge.label, "prompts": len(prompts), "samples": len(rows),
+               "mean_speedup": sum(r["speedup"] for r in rows) / len(rows),
+               "mean_quality": sum(r["quality"] for r in rows) / len(rows),
+               "repaired_share": sum(r["repaired"] for r in rows) / len(rows), "lambdas": {}}
+    for lam in [float(x) for x in args.lambdas]:  # a recipe's "inf" arrives as text
+        pairs = pairs_for(samples, lam)
+        name = lambda_name(lam)
+        tmp = out / f"pairs-l{name}.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+        os.replace(tmp, out / f"pairs-l{name}.jsonl")
+        summary["lambdas"][name] = {
+            "pairs": len(pairs),
+            "chosen_speedup": sum(p["chosen_speedup"] for p in pairs) / max(1, len(pairs)),
+            "chosen_quality": sum(p["chosen_quality"] for p in pairs) / max(1, len(pairs))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    from trl import TrlParser
+
+    (parsed,) = TrlParser((PairsArguments,), prog="python -m eval.pairs", description=__doc__).parse_args_and_config()
+    main(parsed)

@@ -1,0 +1,98 @@
+"""BoNBoN preference optimization: best-of-N pairs, the loss, and the rounds."""
+
+import json
+import math
+
+import pytest
+import torch
+from tiny import bpe_tokenizer, tiny_model
+from transformers import TrainingArguments
+from trl import ModelConfig
+
+from eval.pairs import PairsArguments, pairs_for
+from eval.pairs import main as make_pairs
+from finetune.collator import PastaCollator
+from finetune.prefopt import PairCollator, PrefOptArguments, run_rounds, sequence_logps, train_pairs
+
+FAST = '<promise topic="a" tokens="4"/><async> one</async><promise topic="b" tokens="4"/><async> two</async><sync/>'
+SLOW = " one two"
+Q = [{"role": "user", "content": "Count"}]
+
+
+def sample(speedup, quality, repaired=False, stored="x"):
+    return {"speedup": speedup, "quality": quality, "repaired": repaired, "stored": stored, "messages": Q}
+
+
+def test_best_and_worst_by_speedup_plus_lambda_quality():
+    group = {"p": [sample(1.0, 0.9, stored="good"), sample(1.8, 0.2, stored="fast"), sample(3.0, 1.0, True, "broken")]}
+    assert pairs_for(group, 1.0)[0]["chosen"] == "fast"  # 1.8 + 0.2 > 1.0 + 0.9
+    assert pairs_for(group, 4.0)[0]["chosen"] == "good"  # 1.0 + 3.6 > 1.8 + 0.8
+    assert pairs_for(group, math.inf)[0]["chosen"] == "good"
+    assert all(p["rejected"] == "broken" for lam in (1.0, math.inf) for p in pairs_for(group, lam))
+    assert pairs_for({"q": [sample(1.0, 0.5), sample(1.0, 0.5)]}, 1.0) == []  # nothing to learn
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("po")
+    tok = bpe_tokenizer()
+    tiny_model("llama", len(tok)).save_pretrained(root / "models" / "pasta-sft")
+    tok.save_pretrained(root / "models" / "pasta-sft")
+    (root / "dataset").mkdir()
+    (root / "dataset" / "train.jsonl").write_text("\n".join(
+        json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": f"List {i} things"}], "stripped": SLOW})
+        for i in range(3)))
+    return root
+
+
+def test_pairs_are_sampled_judged_and_cached(run):
+    args = PairsArguments(run_dir=str(run), out=str(run / "po1"), num_prompts=3, samples=3, max_new_tokens=12,
+                          temperature=1.0, lambdas=[1.0, math.inf], proxy_reference=str(run / "models" / "pasta-sft"))
+    summary = make_pairs(args)
+    assert summary["samples"] == 9 and set(summary["lambdas"]) == {"1", "inf"}
+    assert len((run / "po1" / "samples.jsonl").read_text().splitlines()) == 9
+    for name in ("1", "inf"):
+        for line in (run / "po1" / f"pairs-l{name}.jsonl").read_text().splitlines():
+            pair = json.loads(line)
+            assert pair["chosen"] != pair["rejected"] or pair["chosen_quality"] != pair["rejected_quality"]
+    make_pairs(args)  # every sample is cached
+    assert len((run / "po1" / "samples.jsonl").read_text().splitlines()) == 9
+
+
+def _margin(model, tok, rows):
+    collator = PairCollator(PastaCollator(tok))
+    with torch.no_grad():
+        logp, _ = sequence_logps(model, collator(rows))
+    return (logp[: len(rows)] - logp[len(rows):]).mean().item()
+
+
+def test_training_on_pairs_moves_the_model_towards_the_chosen_answers(run, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"messages": Q, "chosen": FAST, "rejected": SLOW}] * 4
+    pairs.write_text("\n".join(json.dumps(r) for r in rows))
+    policy = str(run / "models" / "pasta-sft")
+    from interpreter import load_model
+
+    model, tok = load_model(policy)
+    before = _margin(model, tok, rows[:1])
+    training = TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=12, learning_rate=3e-4,
+                                 per_device_train_batch_size=2, report_to="none", save_strategy="no",
+                                 use_cpu=True, logging_steps=1)
+    summary = train_pairs(policy, pairs, tmp_path / "models" / "po", PrefOptArguments(), training,
+                          ModelConfig(model_name_or_path=policy))
+    trained, _ = load_model(str(tmp_path / "models" / "po"))
+    assert math.isfinite(summary["train_loss"])
+    # the squared term pulls log p(chosen)/p(rejected) to 1/(2β) = 1 nat above the reference's
+    assert before + 0.5 < _margin(trained, tok, rows[:1]) < before + 3.0
+
+
+@pytest.mark.slow
+def test_two_rounds_two_lambdas(run, tmp_path):
+    args = PrefOptArguments(run_dir=str(run), rounds=2, lambdas=[1.0, math.inf], samples=2, num_prompts=2,
+                            max_new_tokens=8, judge_args=["--proxy_reference", str(run / "models" / "pasta-sft")])
+    training = TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=1, per_device_train_batch_size=2,
+                                 report_to="none", save_strategy="no", use_cpu=True)
+    run_rounds(args, training, ModelConfig())
+    for name in ("prefopt-l1-r1", "prefopt-linf-r1", "prefopt-l1-r2", "prefopt-linf-r2"):
+        assert (run / "models" / name / "config.json").exists(), name
+    assert (run / "prefopt" / "round-2" / "linf" / "samples.jsonl").exists()
