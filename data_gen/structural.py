@@ -22,8 +22,8 @@ from .promises import rewrite_tokens
 
 TEACHER = "structural (rule-based, offline)"
 
-_LIST_ITEM = re.compile(r"(?P<indent>[ \t]*)(?:\d{1,3}[.)]|(?P<bullet>[-*+•]))[ \t]+(?P<head>\S.*)")
-_STEP = re.compile(r"(?:Step|STEP)[ \t]+\d{1,3}[ \t]*[:.)\-–][ \t]*(?P<head>.*)")
+_LIST_ITEM = re.compile(r"(?P<indent>[ \t]*)(?:(?P<number>\d{1,3})[.)]|(?P<bullet>[-*+•]))[ \t]+(?P<head>\S.*)")
+_STEP = re.compile(r"(?:Step|STEP)[ \t]+(?P<number>\d{1,3})[ \t]*[:.)\-–][ \t]*(?P<head>.*)")
 _BOLD = re.compile(r"\*\*(?P<head>[^*\n]+)\*\*")
 _HEADING = re.compile(r"(?P<hashes>#{1,6})[ \t]+(?P<head>\S.*)")
 _FENCE = re.compile(r"[ \t]*(```|~~~)")
@@ -90,6 +90,12 @@ def clean_topic(head: str, fallback: str) -> str:
         words.pop()
     topic = " ".join(words).strip(" .,;:!?-–—'")
     return topic if topic and check_topic(topic) is None else fallback
+
+
+def _numbered(number: str | None, topic: str) -> str:
+    """A numbered item's topic carries its number: its thread sees no sibling, so the topic is how it knows
+    which number to write (and main, which sees only the topics, counts up instead of repeating one)."""
+    return f"{int(number)}. {topic}" if number and not topic.startswith(number) else topic
 
 
 def _head_topic(head: str, fallback: str) -> str:
@@ -168,7 +174,8 @@ def _list_items(lines: list[Line]) -> list[Item]:
                 break
             else:  # a lazy continuation line, as Markdown has it: "1. Earth:\nThe only planet with life."
                 last, j = j, j + 1
-        items.append(Item(key, i, last, _head_topic(m.group("head"), f"item {len(items) + 1}")))
+        items.append(Item(key, i, last, _numbered(m.group("number"), _head_topic(m.group("head"),
+                                                                                 f"item {len(items) + 1}"))))
         i = last + 1
     return items
 
