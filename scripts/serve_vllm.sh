@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local teacher or judge behind an OpenAI-compatible API (vLLM, prefix caching on), for data_gen and eval:
 #   scripts/serve_vllm.sh MODEL [PORT] [--dry-run]
-# then: python -m data_gen --teacher openai --teacher_base_url http://127.0.0.1:PORT/v1 --teacher_model MODEL
+# then: python -m data_gen --teacher openai --openai_base_url http://127.0.0.1:PORT/v1 --openai_model MODEL
 #       python -m eval --judge openai --judge_base_url http://127.0.0.1:PORT/v1 --judge_model MODEL
 # Binds 127.0.0.1 unless HOST is set; set VLLM_API_KEY to require a key (always do so beyond loopback).
 set -euo pipefail
