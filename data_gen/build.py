@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from interpreter import measure, parse
 
-from . import writer
+from . import shards, writer
 from .answers import fill_answers
 from .filters import check_answer, check_reply, keep_share
 from .sources import load_records
@@ -28,11 +29,11 @@ def student_tokenizer(cfg):
     return tokenizer
 
 
-def make_teacher(cfg, tokenizer):
+def make_teacher(cfg, tokenizer, cache_dir: Path):
     if cfg.teacher == "openai":
         from .openai_teacher import OpenAITeacher
 
-        return OpenAITeacher(cfg, cfg.cache_path)
+        return OpenAITeacher(cfg, cache_dir)
     return StructuralTeacher(tokenizer, cfg.tokens_granularity, cfg.min_blocks, cfg.max_blocks)
 
 
@@ -43,14 +44,11 @@ def make_row(record, annotated: str, teacher: str, tokenizer) -> dict:
             **measure(doc, tokenizer).as_dict()}
 
 
-def build(cfg, command: str = "python -m data_gen") -> dict:
-    """Builds <run folder>/dataset from the config; returns the stats it wrote."""
-    cfg.check()
-    began = time.perf_counter()
-    records, counts = load_records(cfg.source, cfg.source_format, cfg.source_split, cfg.max_examples,
-                                   cfg.shuffle_seed, cfg.source_categories)
-    read = counts["read"]
-    answers = fill_answers(records, cfg, cfg.cache_path)
+def annotate_records(cfg, records, cache_dir: Path) -> tuple[list[dict], Counter, Counter, object]:
+    """Answers, teacher replies and per-example filters: (candidate rows in record order, rule and fix counts,
+    answer counts, the teacher). The share filter and the split need every row, so `build` applies them after."""
+    counts: Counter = Counter()
+    answers = fill_answers(records, cfg, cache_dir)
     counts["answer-truncated"] += answers.pop("answer-truncated", 0)
     counts["fix:answer-trimmed"] += answers.pop("answer-trimmed", 0)
     ready = []
@@ -61,9 +59,9 @@ def build(cfg, command: str = "python -m data_gen") -> dict:
         elif rule != "answer-truncated":  # counted by fill_answers
             counts[rule] += 1
     tokenizer = student_tokenizer(cfg)
-    teacher = make_teacher(cfg, tokenizer)
+    teacher = make_teacher(cfg, tokenizer, cache_dir)
     replies = teacher.annotate_all(ready)
-    forked, plain = [], []
+    rows = []
     for record in ready:
         verdict = check_reply(replies[record.id], record.answer, tokenizer, cfg.tokens_granularity, cfg.min_blocks,
                               cfg.max_blocks)
@@ -73,20 +71,46 @@ def build(cfg, command: str = "python -m data_gen") -> dict:
             if verdict.detail:
                 counts[f"validator:{verdict.detail.split(':', 1)[0]}"] += 1
             continue
-        row = make_row(record, verdict.annotated, teacher.name, tokenizer)
-        (forked if row["blocks"] else plain).append(row)
-    kept_plain, dropped = keep_share(forked, sorted(plain, key=lambda r: r["id"]), cfg.no_parallel_share)
+        rows.append(make_row(record, verdict.annotated, teacher.name, tokenizer))
+    return rows, counts, answers, teacher
+
+
+def build(cfg, command: str = "python -m data_gen") -> dict:
+    """Builds <run folder>/dataset from the config; returns the stats it wrote. With --shard i/n, annotates
+    only that worker's records into its shard file; with --merge_shards n, builds from the n shard files."""
+    cfg.check()
+    began = time.perf_counter()
+    # every worker and the merge read and order the same records, so `i::n` is the same split everywhere
+    records, counts = load_records(cfg.source, cfg.source_format, cfg.source_split, cfg.max_examples,
+                                   cfg.shuffle_seed, cfg.source_categories)
+    if cfg.shard:
+        index, count = shards.parse_shard(cfg.shard)
+        mine = records[index::count]
+        rows, tally, answers, teacher = annotate_records(cfg, mine, shards.cache_dir(cfg, index, count))
+        path = shards.write(cfg, index, count, [r.id for r in mine], rows, tally, answers, teacher)
+        return {"shard": f"{index}/{count}", "records": len(mine), "candidates": len(rows), "path": str(path),
+                "seconds": round(time.perf_counter() - began, 1)}
+    if cfg.merge_shards:
+        rows, answers, teacher_name, summary = shards.merge(cfg, records, counts)
+    else:
+        rows, tally, answers, teacher = annotate_records(cfg, records, cfg.cache_path)
+        counts.update(tally)
+        teacher_name, summary = teacher.name, teacher.summary()
+    forked = [r for r in rows if r["blocks"]]
+    kept_plain, dropped = keep_share(forked, sorted((r for r in rows if not r["blocks"]), key=lambda r: r["id"]),
+                                     cfg.no_parallel_share)
     counts["no-parallelism-over-share"] += len(dropped)
     rows = forked + kept_plain
+    read = counts["read"]
     if not rows:
         rejected = {k: v for k, v in counts.items() if v and k != "read"}
         raise DataGenError(f"no example survived the filters (read {read}; {rejected})")
     train, test = writer.split(rows, cfg.test_size)
-    extra = {"run": Path(cfg.run_dir).name, "source": cfg.source, "records": read, "teacher": teacher.name,
+    extra = {"run": Path(cfg.run_dir).name, "source": cfg.source, "records": read, "teacher": teacher_name,
              "student": cfg.student, "tag_tokens": cfg.tag_tokens, "tokens_granularity": cfg.tokens_granularity,
-             "answers": dict(answers), "teacher_summary": teacher.summary()}
+             "answers": dict(answers), "teacher_summary": summary}
     if cfg.teacher == "openai":
-        extra["prompt_version"] = teacher.summary()["prompt_version"]
+        extra["prompt_version"] = summary["prompt_version"]
     stats = writer.stats_report(rows, train, test, counts, extra)
     stats["seconds"] = round(time.perf_counter() - began, 1)
     stats["config"] = cfg.as_dict()

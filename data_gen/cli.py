@@ -36,16 +36,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from .build import DataGenError, build
     from .openai_teacher import TeacherError
+    from .shards import ShardError
     from .sources import SourceError
 
     try:
         stats = build(cfg, command=" ".join(["python -m data_gen", shlex.join(argv)]).strip())
-    except (DataGenError, TeacherError, SourceError, ModelNotFound, ValueError, OSError) as err:
+    except (DataGenError, ShardError, TeacherError, SourceError, ModelNotFound, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("data_gen: interrupted; run the same command again to go on from the cache", file=sys.stderr)
         return 130
+    if cfg.shard:
+        print(f"data_gen: wrote {stats['path']}; once every shard is done, join them with the same flags and "
+              f"--merge_shards {stats['shard'].split('/')[1]}", file=sys.stderr)
+        print(json.dumps(stats))
+        return 0
     summary = {k: stats[k] for k in ("kept", "train", "test", "with_blocks", "without_blocks", "seconds")}
     summary["rejected"] = {k: v for k, v in stats["rejected"].items() if v}
     summary["mean_theoretical_speedup"] = stats["theoretical_speedup"]["mean"]

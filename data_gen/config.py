@@ -71,6 +71,12 @@ class DataGenConfig:
     hub_repo_id: str | None = _help("hub dataset repo for --push_to_hub, e.g. you/pasta-slimorca")
     hub_private: bool = _help("create the hub repo private", True)
 
+    # Many workers: each annotates its share into <run_dir>/dataset-shards, then one merge writes the dataset
+    shard: str | None = _help("i/n: annotate only every n-th record from the i-th on, with this worker's own caches, "
+                              "into dataset-shards/records.shard-i-of-n.jsonl; no dataset is written")
+    merge_shards: int | None = _help("n: build the dataset from the n workers' shard files (each record exactly "
+                                     "once) instead of annotating; run with the workers' other flags")
+
     @property
     def dataset_dir(self) -> Path:
         return Path(self.run_dir) / "dataset"
@@ -100,6 +106,15 @@ class DataGenConfig:
                 raise ValueError(f"--{name} must be between 0 and 1, not {getattr(self, name)}")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"--max_examples must be at least 1, not {self.max_examples}")
+        if self.shard and self.merge_shards:
+            raise ValueError("--shard and --merge_shards exclude each other: workers run --shard i/n, then one "
+                             "--merge_shards n joins them")
+        if self.shard:
+            from .shards import parse_shard
+
+            parse_shard(self.shard)
+        if self.merge_shards is not None and self.merge_shards < 1:
+            raise ValueError(f"--merge_shards must be at least 1, not {self.merge_shards}")
 
     def as_dict(self) -> dict:
         return asdict(self)
