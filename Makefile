@@ -5,10 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pasta-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint dataset
+.PHONY: setup test test-fast lint dataset finetune check eval prefopt demo bench
 
+# Each stage's recipe and extra flags (flags override the recipe), e.g. make finetune FINETUNE_ARGS="--num_train_epochs 2"
 DATASET_CONFIG ?= configs/demo/dataset.yaml
 DATASET_ARGS ?=
+FINETUNE_CONFIG ?= configs/demo/smollm2-sft.yaml
+FINETUNE_ARGS ?=
+PREFOPT_CONFIG ?= configs/demo/smollm2-prefopt.yaml
+PREFOPT_ARGS ?=
+EVAL_CONFIG ?= configs/demo/eval.yaml
+EVAL_ARGS ?=
+RUN_DIR ?= runs/demo
 
 setup: $(STAMP)
 
@@ -32,3 +40,26 @@ lint: setup
 
 dataset: setup
 	$(PY) -m data_gen --config $(DATASET_CONFIG) $(DATASET_ARGS)
+
+finetune: setup
+	$(PY) -m finetune --config $(FINETUNE_CONFIG) $(FINETUNE_ARGS)
+
+# does the PASTA model write tags the engine runs as written? (held-out prompts of the dataset)
+check: setup
+	$(PY) -m finetune.check --run_dir $(RUN_DIR) --model $(RUN_DIR)/models/pasta-sft
+
+prefopt: setup
+	$(PY) -m finetune.prefopt --config $(PREFOPT_CONFIG) $(PREFOPT_ARGS)
+
+eval: setup
+	$(PY) -m eval --config $(EVAL_CONFIG) $(EVAL_ARGS)
+
+# the main job on the embedded defaults: every stage resumes, so a rerun redoes only what is missing
+demo: setup
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory dataset finetune eval && \
+	echo "make demo: done in $$(( $$(date +%s) - start )) s"
+
+bench: setup
+	$(PY) -m interpreter bench --model smollm2-135m-instruct --data $(RUN_DIR)/dataset/train.jsonl --limit 24 \
+		--out benchmarks/engine-smollm2-cpu
