@@ -43,7 +43,7 @@ class FinetuneArguments:
                 "their embeddings"})
     train_layers: int | None = field(default=None, metadata={
         "help": "train only the last N decoder layers (LoRA: adapters there only; full: the rest frozen), so the "
-                "backward pass stops below them; embeddings still train when tag tokens were added"})
+                "backward pass stops below them; added tag tokens then learn their own rows through the LM head"})
     max_train_examples: int | None = field(default=None, metadata={"help": "train on the first N examples only"})
     overwrite: bool = field(default=False, metadata={
         "help": "retrain a variant whose final model already exists (by default it is kept and skipped)"})
@@ -94,15 +94,20 @@ def decoder_layers(model):
     return layers
 
 
-def freeze_below(model, n: int, new_tokens: bool) -> None:
-    """Full finetuning of the last n layers (and the final norm); new tag tokens keep the embeddings trainable."""
+def freeze_below(model, n: int, first_new_id: int | None) -> None:
+    """Full finetuning of the last n layers (and the final norm). New tag tokens learn only their own rows, and
+    only through the LM head: the embedding output is detached, so the backward pass still stops at the trained
+    layers (with tied embeddings the input side uses the learned rows too)."""
     model.requires_grad_(False)
     for layer in decoder_layers(model)[-n:]:
         layer.requires_grad_(True)
     model.get_decoder().norm.requires_grad_(True)
-    if new_tokens:
-        model.get_input_embeddings().requires_grad_(True)
-        model.get_output_embeddings().requires_grad_(True)
+    if first_new_id is None:
+        return
+    head = model.get_output_embeddings()
+    head.weight.requires_grad_(True)
+    head.weight.register_hook(lambda grad: torch.cat([torch.zeros_like(grad[:first_new_id]), grad[first_new_id:]]))
+    model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.detach())
 
 
 def lora_config(model_args: ModelConfig, model, new_tokens: bool, train_layers: int | None = None):
@@ -189,7 +194,7 @@ def train(variant: str, args: FinetuneArguments, sft: SFTConfig, model_args: Mod
                             f"{where} [{args.dataset_test_split}]")
 
     if args.train_layers and not model_args.use_peft:
-        freeze_below(model, args.train_layers, new_tokens=added > 0)
+        freeze_below(model, args.train_layers, len(tokenizer) - added if added else None)
     trainer = PastaSFTTrainer(model=model, args=sft, data_collator=collator, train_dataset=train_rows,
                               eval_dataset=eval_rows, processing_class=tokenizer,
                               peft_config=lora_config(model_args, model, added > 0, args.train_layers))

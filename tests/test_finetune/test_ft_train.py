@@ -86,6 +86,17 @@ def test_train_layers_trains_only_the_top_of_the_stack(setup, tmp_path):
     assert changed and all(k.startswith(("model.layers.1.", "model.norm.")) for k in changed)
 
 
+def test_train_layers_with_tag_tokens_trains_only_the_new_rows(setup, tmp_path):
+    run(setup, tmp_path, "--train_layers", "1", "--add_tag_tokens")
+    ids, before, base = tag_rows(setup)
+    tuned = load_model(str(tmp_path / "models" / "pasta-sft"))[0]
+    emb = tuned.get_input_embeddings().weight
+    old = emb.shape[0] - len(ids)
+    assert not torch.allclose(emb[ids], before, atol=1e-4)  # the tag tokens learned
+    assert torch.equal(emb[:old], base.get_input_embeddings().weight[:old])  # no old token moved
+    assert torch.equal(tuned.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
 def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(setup, tmp_path):
     run(setup, tmp_path, *LORA)
     final = tmp_path / "models/pasta-sft/model.safetensors"
