@@ -61,5 +61,5 @@ demo: setup
 	echo "make demo: done in $$(( $$(date +%s) - start )) s"
 
 bench: setup
-	$(PY) -m interpreter bench --model smollm2-135m-instruct --data $(RUN_DIR)/dataset/train.jsonl --limit 24 \
-		--out benchmarks/engine-smollm2-cpu
+	$(PY) -m interpreter bench --model smollm2-135m-instruct --dtype bfloat16 --repeats 1 --warmup 1 \
+		--data benchmarks/engine-bench-sequences.jsonl --out benchmarks/engine-smollm2-cpu-bf16-top
