@@ -151,8 +151,8 @@ Each rejected example is counted under the first rule it breaks.
 ## Loading
 
 ```python
-from data_gen import load_dataset
-ds = load_dataset("{stats['run']}")  # a DatasetDict with train and test
+from data_gen import load_run_dataset
+ds = load_run_dataset("runs/{stats['run']}")  # a DatasetDict with train and test
 ```
 """
 
@@ -185,7 +185,7 @@ def write(out: Path, train: list[dict], test: list[dict], stats: dict, command: 
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_dataset(run: str | os.PathLike = "runs/demo"):
+def load_run_dataset(run: str | os.PathLike = "runs/demo"):
     """The DatasetDict of a run: give the run folder or the dataset folder itself."""
     from datasets import load_from_disk
 

@@ -9,7 +9,7 @@ from dg_common import instruction_source, list_answer, read_jsonl, student_dir
 from dg_replay import ReplayServer
 from tiny import bpe_tokenizer
 
-from data_gen import annotate, load_dataset
+from data_gen import annotate, load_run_dataset
 from data_gen.cli import main, parse_config
 from interpreter import add_tag_tokens, load_tokenizer, measure, parse, strip
 
@@ -76,7 +76,7 @@ def test_structural_build_writes_what_finetune_reads(tmp_path, capsys):
     assert stats["rejected"]["no-parallelism-over-share"] == 1  # "Paris." has no room next to 12 forked answers
     assert (stats["kept"], stats["with_blocks"], stats["train"] + stats["test"]) == (12, 12, 12)
     assert summary["kept"] == 12 and summary["mean_theoretical_speedup"] == stats["theoretical_speedup"]["mean"]
-    ds = load_dataset(tmp_path / "runs" / "t")
+    ds = load_run_dataset(tmp_path / "runs" / "t")
     assert ds["train"].column_names == COLUMNS and (len(ds["train"]), len(ds["test"])) == (10, 2)
     rows = list(ds["train"]) + list(ds["test"])
     tok = load_tokenizer(student_dir(tmp_path))
@@ -93,7 +93,8 @@ def test_structural_build_writes_what_finetune_reads(tmp_path, capsys):
     assert read_jsonl(out / "train.jsonl") == list(ds["train"])
     assert (out / "speedup_hist.png").stat().st_size > 1000
     assert "structural (rule-based, offline)" in (out / "README.md").read_text()
-    assert load_dataset(out)["test"]["id"] == ds["test"]["id"] == load_dataset(tmp_path / "runs" / "t")["test"]["id"]
+    again = load_run_dataset(tmp_path / "runs" / "t")
+    assert load_run_dataset(out)["test"]["id"] == ds["test"]["id"] == again["test"]["id"]
 
 
 def test_a_second_build_gives_the_same_files(tmp_path):
@@ -108,7 +109,7 @@ def test_a_second_build_gives_the_same_files(tmp_path):
 
 def test_load_dataset_says_how_to_build_a_missing_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m data_gen --run_dir"):
-        load_dataset(tmp_path / "nope")
+        load_run_dataset(tmp_path / "nope")
 
 
 def P(topic, tokens=5):

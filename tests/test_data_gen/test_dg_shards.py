@@ -12,7 +12,7 @@ from dg_replay import ReplayServer
 from test_dg_resume import cached_answers, wait_until
 from tiny import bpe_tokenizer
 
-from data_gen import annotate, load_dataset
+from data_gen import annotate, load_run_dataset
 from data_gen.cli import main
 
 ANSWERS = ([list_answer(i) for i in range(12)] + [f"Plain answer number {i}." for i in range(4)]
@@ -61,7 +61,7 @@ def test_three_workers_and_a_merge_give_the_single_build(tmp_path, capsys, teach
         assert data_gen(tmp_path, sharded, source, *flags, "--merge_shards", "3") == 0
     summary = json.loads(capsys.readouterr().out)
     assert outputs(sharded) == outputs(single)
-    assert load_dataset(sharded)["test"]["id"] == load_dataset(single)["test"]["id"]
+    assert load_run_dataset(sharded)["test"]["id"] == load_run_dataset(single)["test"]["id"]
     stats = outputs(sharded)[2]
     kept = 12 if teacher == "openai" else 13  # forked answers (one changed by the openai teacher) + 1 plain of 4
     assert summary["kept"] == stats["kept"] == kept and stats["records"] == 19
