@@ -16,6 +16,8 @@ import math
 import os
 from pathlib import Path
 
+from .jsonl import read_rows
+
 JUDGE_PROMPT_VERSION = "pairwise-v1"
 JUDGE_SYSTEM = "You are a careful, impartial judge of answers to user instructions."
 JUDGE_PROMPT = """Compare two answers to the instruction below. Judge which one better does what the instruction asks: \
@@ -42,14 +44,7 @@ class JudgmentCache:
     def __init__(self, path: Path):
         self.path = path
         self.data: dict[str, dict] = {}
-        if path.exists():
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                        self.data[row["key"]] = row
-                    except (json.JSONDecodeError, KeyError):
-                        continue  # a line cut by a kill: that judgment is simply made again
+        self.data = {row["key"]: row for row in read_rows(path) if "key" in row}  # a cut judgment is made again
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str) -> dict | None:

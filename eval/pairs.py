@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from interpreter import Engine, Options, load_model, measure
 
+from .jsonl import read_rows
 from .judges import JudgmentCache, OpenAIJudge, ProxyJudge
 
 
@@ -94,15 +95,7 @@ def main(args: PairsArguments) -> dict:
     model, tok = load_model(policy, dtype=args.dtype, device=args.device)
     engine = Engine(model, tok)
     cache_file = out / "samples.jsonl"
-    done = {}
-    if cache_file.exists():
-        for line in cache_file.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if row.get("policy") == policy:
-                done[(row["id"], row["score_seed"])] = row
+    done = {(row["id"], row["score_seed"]): row for row in read_rows(cache_file) if row.get("policy") == policy}
     judge_cache = JudgmentCache(out / f"judgments-{args.judge}.jsonl")
     if args.judge == "openai":
         judge = OpenAIJudge(args.judge_model, judge_cache, args.judge_base_url, args.judge_api_key_env)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from interpreter import Engine, Options, load_model
 
 from . import report
+from .jsonl import read_rows
 from .judges import JudgmentCache, OpenAIJudge, ProxyJudge
 from .methods import Pasta, Sequential, SkeletonOfThought
 from .pattern import PatternDecoder
@@ -99,15 +100,7 @@ class Generations:
 
     def __init__(self, path: Path, settings: dict):
         self.path, self.key = path, hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-        self.rows: dict[str, dict] = {}
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if row.get("settings") == self.key:
-                    self.rows[row["prompt_id"]] = row
+        self.rows = {row["prompt_id"]: row for row in read_rows(path) if row.get("settings") == self.key}
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, row: dict) -> None:

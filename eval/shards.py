@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+from .jsonl import read_rows
+
 
 def parse_shard(spec: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
@@ -35,11 +37,7 @@ def merge(folder: Path, count: int, expected: set[str]) -> list[Path]:
             raise SystemExit(f"{name}: shards {missing} of {count} have not written anything yet")
         rows, seen = [], {}
         for index, path in sorted(shards.items()):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill; that shard redoes the prompt when rerun
+            for row in read_rows(path):  # a row cut by a kill: that shard redoes the prompt when rerun
                 key = row["prompt_id"]
                 if key in seen and seen[key] != index:
                     raise SystemExit(f"{name}: prompt {key} was answered by shards {seen[key]} and {index}")
