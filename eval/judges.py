@@ -175,3 +175,14 @@ class OpenAIJudge:
             sem = asyncio.Semaphore(self.concurrency)
             return await asyncio.gather(*(self._prefer(sem, *t) for t in triples))
         return asyncio.run(go())
+
+
+def make_judge(kind: str, cache: JudgmentCache, *, proxy_reference: str, judge_model: str,
+               base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16,
+               device: str | None = None):
+    """`proxy` (offline) or `openai` (any OpenAI-compatible endpoint), as eval and eval.pairs name them."""
+    if kind == "openai":
+        return OpenAIJudge(judge_model, cache, base_url, api_key_env, concurrency)
+    if kind == "proxy":
+        return ProxyJudge(proxy_reference, cache, device=device)
+    raise SystemExit(f"unknown judge {kind!r}: proxy or openai")

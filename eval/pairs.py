@@ -24,7 +24,7 @@ from tqdm import tqdm
 from interpreter import Engine, Options, load_model, measure
 
 from .jsonl import read_rows
-from .judges import JudgmentCache, OpenAIJudge, ProxyJudge
+from .judges import JudgmentCache, OpenAIJudge, make_judge
 
 
 @dataclass
@@ -96,11 +96,9 @@ def main(args: PairsArguments) -> dict:
     engine = Engine(model, tok)
     cache_file = out / "samples.jsonl"
     done = {(row["id"], row["score_seed"]): row for row in read_rows(cache_file) if row.get("policy") == policy}
-    judge_cache = JudgmentCache(out / f"judgments-{args.judge}.jsonl")
-    if args.judge == "openai":
-        judge = OpenAIJudge(args.judge_model, judge_cache, args.judge_base_url, args.judge_api_key_env)
-    else:
-        judge = ProxyJudge(args.proxy_reference, judge_cache, device=args.device)
+    judge = make_judge(args.judge, JudgmentCache(out / f"judgments-{args.judge}.jsonl"),
+                       proxy_reference=args.proxy_reference, judge_model=args.judge_model,
+                       base_url=args.judge_base_url, api_key_env=args.judge_api_key_env, device=args.device)
     samples: dict[str, list[dict]] = {}
     todo = [(p, j) for p in prompts for j in range(args.samples) if (p["id"], j) not in done]
     with open(cache_file, "a", encoding="utf-8") as f:

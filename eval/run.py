@@ -18,7 +18,7 @@ from interpreter import Engine, Options, load_model
 
 from . import report
 from .jsonl import read_rows
-from .judges import JudgmentCache, OpenAIJudge, ProxyJudge
+from .judges import JudgmentCache, OpenAIJudge, make_judge
 from .methods import Pasta, Sequential, SkeletonOfThought
 from .pattern import PatternDecoder
 from .prompts import load_prompts
@@ -137,14 +137,10 @@ def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[i
 
 
 def judge_all(args: EvalArguments, prompts: list[dict], generations: dict[str, dict[str, dict]], out: Path):
-    cache = JudgmentCache(out / "judgments" / f"{args.judge}.jsonl")
-    if args.judge == "openai":
-        judge = OpenAIJudge(args.judge_model, cache, args.judge_base_url, args.judge_api_key_env,
-                            args.judge_concurrency)
-    elif args.judge == "proxy":
-        judge = ProxyJudge(args.proxy_reference or args.base_model, cache, device=args.device)
-    else:
-        raise SystemExit(f"unknown judge {args.judge!r}: proxy or openai")
+    judge = make_judge(args.judge, JudgmentCache(out / "judgments" / f"{args.judge}.jsonl"),
+                       proxy_reference=args.proxy_reference or args.base_model, judge_model=args.judge_model,
+                       base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
+                       concurrency=args.judge_concurrency, device=args.device)
     baseline_name = next(iter(generations))
     baseline = generations[baseline_name]
     prefs: dict[str, dict[str, float]] = {baseline_name: {p["id"]: 0.5 for p in prompts}}
