@@ -36,7 +36,8 @@ def record(result, method: str, model: str, theoretical: float | None, paralleli
     return {"method": method, "model": model, "text": result.text, "stored": result.stored,
             "tokens": sum(result.thread_tokens), "steps": result.steps, "threads": result.threads,
             "wall_time": result.wall_time, "theoretical_speedup": theoretical, "parallelism": parallelism,
-            "finish_reason": result.finish_reason, "repairs": list(result.repairs), **extra}
+            "finish_reason": result.finish_reason, "repairs": list(result.repairs), "steered": result.steered,
+            **extra}
 
 
 class Sequential:

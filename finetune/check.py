@@ -3,7 +3,9 @@
 Decodes the dataset's held-out prompts with the engine (PASTA mode, greedy) and reports the share
 of answers that needed no repair, the share of prompts whose reference answer has blocks that got
 at least one promise, and the mean theoretical speedup of the answers (`interpreter.measure`).
-Writes every answer and the summary to --out (default <model>/check.json).
+With the tag guard on (the default, as in eval), a draw that would write an invalid tag is
+redrawn, and the summary counts the answers it steered; --guard_tags false shows the model's raw
+tags. Writes every answer and the summary to --out (default <model>/check.json).
 
   python -m finetune.check --model runs/demo/models/pasta-sft
 """
@@ -29,6 +31,8 @@ class CheckArguments:
     split: str = field(default="test", metadata={"help": "held-out split to decode"})
     limit: int | None = field(default=None, metadata={"help": "decode the first N prompts only"})
     max_new_tokens: int = field(default=384, metadata={"help": "token budget of one answer, all threads together"})
+    guard_tags: bool = field(default=True, metadata={
+        "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
     out: str | None = field(default=None, metadata={"help": "where to write the answers and summary"})
 
 
@@ -45,14 +49,15 @@ def check(args: CheckArguments) -> dict:
     engine = Engine(model, tokenizer)
     answers = []
     started = time.perf_counter()
+    options = Options(max_new_tokens=args.max_new_tokens, guard_tags=args.guard_tags)
     for i, row in enumerate(rows):
-        result = engine.generate(row["messages"], mode="pasta", options=Options(max_new_tokens=args.max_new_tokens))
+        result = engine.generate(row["messages"], mode="pasta", options=options)
         try:
             speedup = measure(result.stored, tokenizer).theoretical_speedup
         except PastaSyntaxError as err:  # should not happen: the engine stores what it ran, repaired
             speedup, result.repairs = 1.0, [*result.repairs, f"stored form does not parse: {err}"]
         answers.append({"id": row.get("id", i), "reference_blocks": reference_blocks(row), "threads": result.threads,
-                        "repairs": result.repairs, "finish_reason": result.finish_reason,
+                        "repairs": result.repairs, "steered": result.steered, "finish_reason": result.finish_reason,
                         "theoretical_speedup": round(speedup, 4), "stored": result.stored})
         print(f"{i + 1}/{len(rows)} threads={result.threads} repairs={len(result.repairs)} speedup={speedup:.2f}",
               file=sys.stderr, flush=True)
@@ -63,6 +68,7 @@ def check(args: CheckArguments) -> dict:
         "prompts_with_reference_blocks": len(with_blocks),
         "promise_share": round(sum(a["threads"] > 0 for a in with_blocks) / len(with_blocks), 4)
         if with_blocks else None,
+        "guard_tags": args.guard_tags, "steered_answers": sum(a["steered"] > 0 for a in answers),
         "mean_theoretical_speedup": round(sum(a["theoretical_speedup"] for a in answers) / len(answers), 4),
         "cut_at_max_new_tokens": sum(a["finish_reason"] == "length" for a in answers),
         "max_new_tokens": args.max_new_tokens, "wall_time_s": round(time.perf_counter() - started, 1)}

@@ -28,6 +28,12 @@ class Detokenizer:
             return after[len(before):]
         return ""
 
+    def peek(self, token: int) -> str:
+        """The text `push(token)` would return, without taking the token."""
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:] + [token])
+        return after[len(before):] if len(after) > len(before) and not after.endswith("\ufffd") else ""
+
     def flush(self) -> str:
         """Whatever is still held at the end (a dangling partial character decodes as \ufffd)."""
         before = self._decode(self.ids[self.prefix:self.read])

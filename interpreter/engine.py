@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .detok import Detokenizer
+from .guard import TagGuard
 from .layout import MAIN, ThreadLayout, bits_to_rows, encode, pieces, prompt_ids, turn_end_id
 from .parser import parse
 from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text
@@ -39,6 +40,7 @@ class Options:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings, matched in the main thread's text
+    guard_tags: bool = True  # pasta mode: redraw a token that would write an invalid tag (interpreter.guard)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Result:
     wall_time: float
     prefill_time: float
     repairs: list[str] = field(default_factory=list)
+    steered: int = 0  # draws the tag guard replaced
     logits: list[tuple[int, torch.Tensor]] | None = None  # (thread, logits row) per draw, if recorded
 
     @property
@@ -65,7 +68,8 @@ class Result:
         return {"text": self.text, "stored": self.stored, "mode": self.mode, "finish_reason": self.finish_reason,
                 "prompt_tokens": self.prompt_tokens, "tokens": self.tokens, "thread_tokens": self.thread_tokens,
                 "steps": self.steps, "threads": self.threads, "wall_time": round(self.wall_time, 4),
-                "prefill_time": round(self.prefill_time, 4), "repairs": self.repairs}
+                "prefill_time": round(self.prefill_time, 4), "repairs": self.repairs,
+                "steered": self.steered}
 
 
 class Thread:
@@ -179,6 +183,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.end_ids = end_token_ids(model, tokenizer)
         self.async_ids = encode(tokenizer, "<async>")
+        self.guard = TagGuard(tokenizer, self.end_ids)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
 
@@ -267,6 +272,9 @@ class _Run:
         self.e, self.opts, self.mode = engine, opts, mode
         self.prompt_ids = prompt_ids
         self.source = source or Sampler(opts, engine.device)
+        guarded = mode == "pasta" and opts.guard_tags and isinstance(self.source, Sampler)  # never a replay
+        self.guard = engine.guard if guarded else None
+        self.steered = 0
         self.cache = DynamicCache(config=engine.model.config)
         self.layout = ThreadLayout()
         self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
@@ -368,7 +376,10 @@ class _Run:
     def _accept(self, threads: list[Thread], rows: torch.Tensor) -> None:
         if self.logits is not None:
             self.logits += [(th.tid, rows[i].float().clone()) for i, th in enumerate(threads)]
-        for th, token in zip(threads, self.source.draw(rows, threads)):
+        for i, (th, token) in enumerate(zip(threads, self.source.draw(rows, threads))):
+            if self.guard is not None:
+                token, steered = self.guard.choose(rows[i], th, token, self.source)
+                self.steered += steered
             th.drawn += 1
             self.total += 1
             if th.tid == MAIN:
@@ -550,4 +561,5 @@ class _Run:
             mode=self.mode, finish_reason=self.finish, prompt_tokens=len(self.prompt_ids),
             tokens=self.total + self.forced,
             thread_tokens=[t.drawn for t in threads], steps=self.steps, threads=len(self.blocks),
-            wall_time=wall, prefill_time=self.prefill_time, repairs=self.repairs, logits=self.logits)
+            wall_time=wall, prefill_time=self.prefill_time, repairs=self.repairs, steered=self.steered,
+            logits=self.logits)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import regex
+
 NAMES = ("promise", "async", "sync")
 MAX_TAG_CHARS = 300  # a Pasta-Lang tag longer than this is reported as unterminated
 MAX_TOPIC_WORDS = 8
@@ -217,3 +219,48 @@ class Lexer:
         if len(buf) - lt >= MAX_TAG_CHARS:
             return "unterminated", lt + MAX_TAG_CHARS
         return ("unterminated", len(buf)) if final else ("wait", 0)
+
+
+# The tags a thread may write, in the canonical form the engine's guard keeps a model to (every string
+# that fully matches is read by `read_tag` as a valid tag of that kind).
+_WORD = r'[^\s"<>]{1,40}'
+_TOPIC = rf"\s*{_WORD}(?:\s+{_WORD}){{0,{MAX_TOPIC_WORDS - 1}}}\s*"
+CANONICAL = {
+    PROMISE: regex.compile(rf'<promise\s+topic="{_TOPIC}"\s+tokens="[1-9][0-9]{{0,5}}"\s*/>'),
+    SYNC: regex.compile(r"<sync\s*/>"),
+    ASYNC_CLOSE: regex.compile(r"</async>"),
+}
+MAIN_TAGS = (PROMISE, SYNC)
+BLOCK_TAGS = (ASYNC_CLOSE,)
+
+
+def _lookalike(text: str) -> bool:
+    """Whether `text` writes a name that imitates a Pasta-Lang tag: <promises, <promize, <asyncio, </synced."""
+    for m in re.finditer(r"</?([A-Za-z0-9_.:\-]+)", text):
+        name = m.group(1)
+        if name in NAMES or (m.end() == len(text) and any(n.startswith(name) for n in NAMES)):
+            continue  # a tag name, or one still being written
+        if name.startswith(("prom", *NAMES)):
+            return True
+    return False
+
+
+def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False) -> bool:
+    """Whether a thread whose lexer holds `pending` can take `piece` (and then end, if `end`) and still
+    write only valid tags of `kinds`: no bad tag, no tag of another kind, and a tag being written that
+    can still be completed. Stricter than the lexer in one way: a name that starts with a Pasta-Lang
+    name, or with `prom`, is taken for that tag, so that a model kept from writing `<promise` inside a
+    block cannot write `<promises` or `<promize` instead (text such as `<asyncio>` or `<prompt>` is
+    lost to the guard, not to the language)."""
+    text = pending + piece
+    if _lookalike(text):
+        return False
+    lexer = Lexer()
+    events = lexer.feed(text) + (lexer.close() if end else [])
+    if any(isinstance(ev, BadTag) or (isinstance(ev, Tag) and ev.kind not in kinds) for ev in events):
+        return False
+    rest = lexer.pending
+    name = re.match(r"</?([A-Za-z0-9_.:\-]*)", rest) if rest else None
+    if name is None or (name.end() == len(rest) and name.group(1) not in NAMES):
+        return True  # nothing pending, or a name that may still turn out to be ordinary text
+    return any(CANONICAL[k].fullmatch(rest, partial=True) for k in kinds)

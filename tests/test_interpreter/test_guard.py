@@ -1,0 +1,118 @@
+"""The tag guard: a model that starts writing an invalid tag is steered to a valid answer, and a
+model that writes valid tags gets exactly its own answer."""
+
+import pytest
+from tiny import bpe_tokenizer, tiny_model
+
+from interpreter import Engine, Options, encode, parse, turn_end_id
+from interpreter.detok import Detokenizer
+from interpreter.engine import Sampler
+from interpreter.tags import BLOCK_TAGS, MAIN_TAGS, may_take
+
+P = '<promise topic="{}" tokens="5"/>'
+
+
+@pytest.mark.parametrize("pending, piece, kinds, ok", [
+    ("", "plain text", MAIN_TAGS, True),
+    ("", "<div>a < b</div> List<T>", MAIN_TAGS, True),  # not Pasta-Lang: ordinary text
+    ("", "<div>a < b</div>", BLOCK_TAGS, True),
+    ("<", "asy", BLOCK_TAGS, True),  # may still become <asyncio>
+    ("</", "promise", MAIN_TAGS, False),  # there is no </promise>
+    ("", '<promise topic="a" tokens="5"/>', MAIN_TAGS, True),
+    ('<promise topic="a b c d e f g h', " i", MAIN_TAGS, False),  # a ninth topic word
+    ('<promise topic="a b c d e f g h', '"', MAIN_TAGS, True),
+    ('<promise topic="a" tokens="5"', ">", MAIN_TAGS, False),  # not self-closing
+    ('<promise topic="a" tokens="', "0", MAIN_TAGS, False),
+    ("", "<sync/>", MAIN_TAGS, True),
+    ("", "</async>", MAIN_TAGS, False),  # only a block closes
+    ("", "</async>", BLOCK_TAGS, True),
+    ("<", "promise", BLOCK_TAGS, False),  # no nesting
+    ("", "<sync/>", BLOCK_TAGS, False),
+    ("<promise", "s", BLOCK_TAGS, False),  # a look-alike is taken for the tag it imitates
+    ("<promise", "s", MAIN_TAGS, False),
+    ("<prom", "ize", BLOCK_TAGS, False),
+    ("<", "prom", MAIN_TAGS, True),  # may still become <promise
+    ("", "< promise", BLOCK_TAGS, True),
+])
+def test_may_take(pending, piece, kinds, ok):
+    assert may_take(pending, piece, kinds) is ok
+
+
+def test_may_not_end_in_the_middle_of_a_tag():
+    assert not may_take('<promise topic="x', "", MAIN_TAGS, end=True)
+    assert may_take("<sy", "", MAIN_TAGS, end=True)  # ends as the text "<sy"
+
+
+def test_peek_is_push_without_taking():
+    tok = bpe_tokenizer()
+    d = Detokenizer(tok)
+    for t in tok("Héllo — <promise topic=\"x\"/> ünïcode ✓")["input_ids"]:
+        seen = d.peek(t)
+        assert d.push(t) == seen
+
+
+class Wishful(Sampler):
+    """A model that writes a script, one token per draw; a token the guard masks is skipped (the
+    model's next best is the rest of its script) and past the end it draws the end token."""
+
+    def __init__(self, tokenizer, main: str, blocks=(), block_ends=False):
+        super().__init__(Options(), "cpu")
+        end = turn_end_id(tokenizer)
+        self.end = end
+        self.wants = {0: encode(tokenizer, main)}
+        for i, b in enumerate(blocks):  # block_ends: each block first tries to end the answer, then closes
+            self.wants[i + 1] = encode(tokenizer, b) + ([end, *encode(tokenizer, "</async>")] if block_ends else [])
+        self.at = dict.fromkeys(self.wants, 0)
+
+    def draw(self, rows, threads):
+        out = []
+        for row, th in zip(rows, threads):
+            want, at = self.wants.get(th.tid, []), self.at.get(th.tid, 0)
+            self.at[th.tid] = at + 1
+            token = want[at] if at < len(want) else self.end
+            out.append(token if row[token] > float("-inf") else int(row.argmax()))
+        return out
+
+
+@pytest.fixture(scope="module")
+def engine():
+    tok = bpe_tokenizer()
+    return Engine(tiny_model("llama", len(tok)), tok)
+
+
+def wish(engine, main: str, blocks=(), block_ends=False, **options):
+    source = Wishful(engine.tokenizer, main, blocks, block_ends)
+    result = engine.generate(engine.prompt_ids("Q"), source=source, options=Options(**options))
+    assert parse(result.stored).stripped == result.text
+    return result
+
+
+def test_broken_tags_in_main_are_steered_not_repaired(engine):
+    main = f'A</promise>B{P.format("a b c d e f g h i j")}C<sync/>'  # a closing promise, ten topic words
+    unguarded = wish(engine, main, ["x</async>"], guard_tags=False)
+    assert len(unguarded.repairs) == 2 and unguarded.threads == 0
+    r = wish(engine, main, ["x</async>"])
+    assert r.repairs == [] and r.steered >= 2 and r.threads == 1
+    assert parse(r.stored).blocks[0].promise.topic.split() == list("abcdefgh")
+
+
+def test_a_block_cannot_nest_or_end_the_answer(engine):
+    main, block = f"A{P.format('x')}<sync/>C", f"y{P.format('z')}w"
+    unguarded = wish(engine, main, [block], block_ends=True, guard_tags=False)
+    assert any("no nesting" in x for x in unguarded.repairs)
+    assert any("ended the answer" in x for x in unguarded.repairs)
+    r = wish(engine, main, [block], block_ends=True)
+    assert r.repairs == [] and r.steered >= 2 and r.text.startswith("Ay") and r.text.endswith("wC")
+
+
+def test_valid_tags_are_left_alone(engine):
+    main = f"Try:{P.format('a')}{P.format('b')}<sync/>Done. a < b, <div>"
+    blocks = ["1. x</async>", "2. y</async>"]
+    r = wish(engine, main, blocks)
+    assert r.steered == 0 and r.repairs == [] and r.threads == 2
+    assert r.stored == wish(engine, main, blocks, guard_tags=False).stored
+
+
+def test_sequential_mode_is_never_guarded(engine):
+    r = engine.generate(engine.prompt_ids("Q"), mode="sequential", source=Wishful(engine.tokenizer, "A</async>B"))
+    assert r.text == "A</async>B" and r.steered == 0
