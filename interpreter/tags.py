@@ -234,14 +234,20 @@ MAIN_TAGS = (PROMISE, SYNC)
 BLOCK_TAGS = (ASYNC_CLOSE,)
 
 
-def _lookalike(text: str) -> bool:
-    """Whether `text` writes a name that imitates a Pasta-Lang tag: <promises, <promize, <asyncio, </synced."""
+_OPENERS = {PROMISE: "<promise", SYNC: "<sync", ASYNC_CLOSE: "</async", ASYNC_OPEN: "<async"}
+
+
+def _off_limits(text: str, kinds: tuple[str, ...]) -> bool:
+    """Whether `text` writes a tag name the thread may not write, or one that imitates a Pasta-Lang
+    name (<promises, <promize, <asyncio), or starts one it could only finish as such."""
+    allowed = [_OPENERS[k] for k in kinds]
     for m in re.finditer(r"</?([A-Za-z0-9_.:\-]+)", text):
-        name = m.group(1)
-        if name in NAMES or (m.end() == len(text) and any(n.startswith(name) for n in NAMES)):
-            continue  # a tag name, or one still being written
-        if name.startswith(("prom", *NAMES)):
-            return True
+        opener = m.group(0)
+        if not m.group(1).startswith(("prom", *NAMES)) or opener in allowed:
+            continue  # ordinary text, or an allowed tag (whose attributes the lexer checks)
+        if m.end() == len(text) and any(a.startswith(opener) for a in allowed):
+            continue  # an allowed tag's name, still being written
+        return True
     return False
 
 
@@ -249,11 +255,11 @@ def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False
     """Whether a thread whose lexer holds `pending` can take `piece` (and then end, if `end`) and still
     write only valid tags of `kinds`: no bad tag, no tag of another kind, and a tag being written that
     can still be completed. Stricter than the lexer in one way: a name that starts with a Pasta-Lang
-    name, or with `prom`, is taken for that tag, so that a model kept from writing `<promise` inside a
-    block cannot write `<promises` or `<promize` instead (text such as `<asyncio>` or `<prompt>` is
-    lost to the guard, not to the language)."""
+    name, or with `prom`, is taken for a tag, so that a model kept from writing `<promise` inside a
+    block cannot write `<promises` or `<promis defines` instead, and stops at `<prom` (text such as
+    `<asyncio>` or `<prompt>` is lost to the guard, not to the language)."""
     text = pending + piece
-    if _lookalike(text):
+    if _off_limits(text, kinds):
         return False
     lexer = Lexer()
     events = lexer.feed(text) + (lexer.close() if end else [])

@@ -30,8 +30,12 @@ P = '<promise topic="{}" tokens="5"/>'
     ("", "<sync/>", BLOCK_TAGS, False),
     ("<promise", "s", BLOCK_TAGS, False),  # a look-alike is taken for the tag it imitates
     ("<promise", "s", MAIN_TAGS, False),
-    ("<prom", "ize", BLOCK_TAGS, False),
+    ("<prom", "ize", MAIN_TAGS, False),
     ("<", "prom", MAIN_TAGS, True),  # may still become <promise
+    ("<", "prom", BLOCK_TAGS, False),  # could only become a promise or a look-alike
+    ("<", "pre>", BLOCK_TAGS, True),
+    ("<", "asy", MAIN_TAGS, True),
+    ("<", "async", MAIN_TAGS, False),  # only the engine opens a block
     ("", "< promise", BLOCK_TAGS, True),
 ])
 def test_may_take(pending, piece, kinds, ok):
