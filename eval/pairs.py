@@ -40,6 +40,10 @@ class PairsArguments:
     max_new_tokens: int = 256
     lambdas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, math.inf],
                                  metadata={"help": "λ in speedup + λ·quality; inf ranks by quality alone"})
+    repaired: str = field(default="worst", metadata={
+        "help": "answers whose tags needed repair: worst (rejected before any clean one, never chosen) or skip "
+                "(left out: when most repairs are blocks cut by the sampling budget, rejecting them teaches the "
+                "model not to fork)", "choices": ["worst", "skip"]})
     judge: str = field(default="proxy", metadata={"help": "proxy (offline) or openai"})
     judge_model: str = "gpt-4o"
     judge_base_url: str | None = None
@@ -73,9 +77,15 @@ def score(sample: dict, lam: float) -> float:
     return sample["speedup"] + lam * sample["quality"]
 
 
-def pairs_for(samples: dict[str, list[dict]], lam: float) -> list[dict]:
+def pairs_for(samples: dict[str, list[dict]], lam: float, repaired: str = "worst") -> list[dict]:
+    """Best and worst answer of each prompt. `repaired`: "worst" ranks answers whose tags needed repair
+    below every clean one (they can be rejected, never chosen); "skip" leaves them out of the pairs."""
     out = []
     for prompt_id, group in samples.items():
+        if repaired == "skip":
+            group = [s for s in group if not s["repaired"]]
+        if len(group) < 2:
+            continue
         ranked = sorted(group, key=lambda s: score(s, lam))
         worst, best = ranked[0], ranked[-1]
         if score(best, lam) <= score(worst, lam) or best["repaired"]:
@@ -128,7 +138,7 @@ def main(args: PairsArguments) -> dict:
                "mean_quality": sum(r["quality"] for r in rows) / len(rows),
                "repaired_share": sum(r["repaired"] for r in rows) / len(rows), "lambdas": {}}
     for lam in [float(x) for x in args.lambdas]:  # a recipe's "inf" arrives as text
-        pairs = pairs_for(samples, lam)
+        pairs = pairs_for(samples, lam, args.repaired)
         name = lambda_name(lam)
         tmp = out / f"pairs-l{name}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")

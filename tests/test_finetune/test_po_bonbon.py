@@ -30,6 +30,8 @@ def test_best_and_worst_by_speedup_plus_lambda_quality():
     assert pairs_for(group, math.inf)[0]["chosen"] == "good"
     assert all(p["rejected"] == "broken" for lam in (1.0, math.inf) for p in pairs_for(group, lam))
     assert pairs_for({"q": [sample(1.0, 0.5), sample(1.0, 0.5)]}, 1.0) == []  # nothing to learn
+    skipped = pairs_for(group, 1.0, repaired="skip")  # the broken answer is neither best nor worst
+    assert [(p["chosen"], p["rejected"]) for p in skipped] == [("fast", "good")]
 
 
 @pytest.fixture(scope="module")
