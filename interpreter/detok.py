@@ -20,13 +20,11 @@ class Detokenizer:
 
     def push(self, token: int) -> str:
         """Adds a token; returns the text it completes (possibly empty)."""
+        text = self.peek(token)
         self.ids.append(token)
-        before = self._decode(self.ids[self.prefix:self.read])
-        after = self._decode(self.ids[self.prefix:])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
+        if text:
             self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before):]
-        return ""
+        return text
 
     def peek(self, token: int) -> str:
         """The text `push(token)` would return, without taking the token."""

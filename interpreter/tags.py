@@ -22,6 +22,7 @@ ASYNC_CLOSE = "/async"
 SYNC = "sync"
 
 _NAME_CHAR = re.compile(r"[A-Za-z0-9_.:\-]")
+_OPENER = re.compile(r"</?([A-Za-z0-9_.:\-]*)")  # `<` or `</` and the name after it
 _ATTR = re.compile(r'\s+([A-Za-z_][\w\-]*)\s*=\s*"([^"]*)"')
 _UNQUOTED = re.compile(r"\s+([A-Za-z_][\w\-]*)\s*=\s*([^\s\"/>]+)")
 
@@ -116,7 +117,7 @@ def _read_promise(raw: str, start: int) -> Tag | BadTag:
 def read_tag(raw: str, start: int) -> Tag | BadTag:
     """Reads one complete Pasta-Lang tag (from its `<` through its first `>`)."""
     closing = raw.startswith("</")
-    name = re.match(r"</?([A-Za-z0-9_.:\-]*)", raw).group(1)
+    name = _OPENER.match(raw).group(1)
     if name == "promise":
         if closing:
             return _bad("closing-promise", "a promise is self-closing; there is no </promise>", raw, start)
@@ -234,14 +235,14 @@ MAIN_TAGS = (PROMISE, SYNC)
 BLOCK_TAGS = (ASYNC_CLOSE,)
 
 
-_OPENERS = {PROMISE: "<promise", SYNC: "<sync", ASYNC_CLOSE: "</async", ASYNC_OPEN: "<async"}
+_OPENERS = {PROMISE: "<promise", SYNC: "<sync", ASYNC_CLOSE: "</async"}
 
 
 def _off_limits(text: str, kinds: tuple[str, ...]) -> bool:
     """Whether `text` writes a tag name the thread may not write, or one that imitates a Pasta-Lang
     name (<promises, <promize, <asyncio), or starts one it could only finish as such."""
     allowed = [_OPENERS[k] for k in kinds]
-    for m in re.finditer(r"</?([A-Za-z0-9_.:\-]+)", text):
+    for m in _OPENER.finditer(text):
         opener = m.group(0)
         if not m.group(1).startswith(("prom", *NAMES)) or opener in allowed:
             continue  # ordinary text, or an allowed tag (whose attributes the lexer checks)
@@ -266,7 +267,7 @@ def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False
     if any(isinstance(ev, BadTag) or (isinstance(ev, Tag) and ev.kind not in kinds) for ev in events):
         return False
     rest = lexer.pending
-    name = re.match(r"</?([A-Za-z0-9_.:\-]*)", rest) if rest else None
+    name = _OPENER.match(rest) if rest else None
     if name is None or (name.end() == len(rest) and name.group(1) not in NAMES):
         return True  # nothing pending, or a name that may still turn out to be ordinary text
     return any(CANONICAL[k].fullmatch(rest, partial=True) for k in kinds)
