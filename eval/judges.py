@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import math
 import os
 from pathlib import Path
 
-from .jsonl import read_rows
+from .jsonl import append_rows, read_rows
 
 JUDGE_PROMPT_VERSION = "pairwise-v1"
 JUDGE_SYSTEM = "You are a careful, impartial judge of answers to user instructions."
@@ -52,10 +51,7 @@ class JudgmentCache:
 
     def put(self, row: dict) -> None:
         self.data[row["key"]] = row
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_rows(self.path, [row])
 
 
 class ProxyJudge:

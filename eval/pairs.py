@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from interpreter import Engine, Options, load_model, measure
 
-from .jsonl import read_rows
+from .jsonl import append_rows, read_rows
 from .judges import JudgmentCache, OpenAIJudge, make_judge
 
 
@@ -35,6 +35,7 @@ class PairsArguments:
     dataset: str | None = field(default=None, metadata={"help": "a saved dataset folder or a train.jsonl"})
     num_prompts: int = field(default=32, metadata={"help": "training prompts to sample (seeded choice)"})
     samples: int = field(default=10, metadata={"help": "N: answers sampled per prompt"})
+    batch: int = field(default=10, metadata={"help": "answers of one prompt decoded together in one shared cache"})
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 256
@@ -110,19 +111,19 @@ def main(args: PairsArguments) -> dict:
                        proxy_reference=args.proxy_reference, judge_model=args.judge_model,
                        base_url=args.judge_base_url, api_key_env=args.judge_api_key_env, device=args.device)
     samples: dict[str, list[dict]] = {}
-    todo = [(p, j) for p in prompts for j in range(args.samples) if (p["id"], j) not in done]
-    with open(cache_file, "a", encoding="utf-8") as f:
-        for p, j in tqdm(todo, desc=f"sampling {args.samples} per prompt", file=sys.stderr):
-            r = engine.generate(p["messages"], mode="pasta", options=Options(
+    todo = [(p, [j for j in range(args.samples) if (p["id"], j) not in done]) for p in prompts]
+    todo = [(p, seeds) for p, seeds in todo if seeds]
+    for p, seeds in tqdm(todo, desc=f"sampling {args.samples} per prompt", unit="prompt", file=sys.stderr):
+        for start in range(0, len(seeds), args.batch):  # one prompt's answers share every forward pass
+            chunk = seeds[start:start + args.batch]
+            results = engine.generate_many(p["messages"], [Options(
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                seed=args.seed * 100003 + j))
-            row = {"id": p["id"], "score_seed": j, "policy": policy, "messages": p["messages"], "stored": r.stored,
-                   "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs), "threads": r.threads,
-                   "speedup": measure(r.stored, tok).theoretical_speedup}
-            done[(p["id"], j)] = row
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+                seed=args.seed * 100003 + j) for j in chunk])
+            rows = [{"id": p["id"], "score_seed": j, "policy": policy, "messages": p["messages"], "stored": r.stored,
+                     "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs), "threads": r.threads,
+                     "speedup": measure(r.stored, tok).theoretical_speedup} for j, r in zip(chunk, results)]
+            append_rows(cache_file, rows)
+            done.update({(row["id"], row["score_seed"]): row for row in rows})
     instruction = {p["id"]: p["messages"][-1]["content"] for p in prompts}
     rows = [done[(p["id"], j)] for p in prompts for j in range(args.samples)]
     if isinstance(judge, OpenAIJudge):

@@ -15,11 +15,10 @@ import re
 import time
 
 import torch
-from transformers import DynamicCache
 
 from interpreter import Engine, Options, encode
 from interpreter.detok import Detokenizer
-from interpreter.engine import Sampler, forward
+from interpreter.engine import Sampler, forward, new_cache
 from interpreter.layout import MAIN, ThreadLayout
 
 _LIST_START = re.compile(r"(?:^|\n)[ \t]*1([.)])[ \t][^\n]*?(\n+[ \t]*)2\1$")
@@ -50,7 +49,7 @@ class _Run:
         self.e, self.opts, self.ahead, self.model = dec.engine, dec.options, dec.ahead, dec.model
         self.tok = self.e.tokenizer
         self.prompt = prompt
-        self.layout, self.cache = ThreadLayout(), DynamicCache(config=self.e.model.config)
+        self.layout, self.cache = ThreadLayout(), new_cache(self.e.model)
         self.sampler = dec.source or Sampler(self.opts, self.e.device)
         self.main = _Thread(MAIN, None, Detokenizer(self.tok))
         self.segments: list[list] = [["main", ""]]  # main text, with ["item", n] where a thread's item goes

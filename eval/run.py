@@ -17,7 +17,7 @@ from tqdm import tqdm
 from interpreter import Engine, Options, load_model
 
 from . import report
-from .jsonl import read_rows
+from .jsonl import append_rows, read_rows
 from .judges import JudgmentCache, OpenAIJudge, make_judge
 from .methods import Pasta, Sequential, SkeletonOfThought
 from .pattern import PatternDecoder
@@ -106,10 +106,7 @@ class Generations:
     def add(self, row: dict) -> None:
         row = {**row, "settings": self.key}
         self.rows[row["prompt_id"]] = row
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_rows(self.path, [row])
 
 
 def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[int, int] | None = None):

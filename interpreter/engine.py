@@ -21,7 +21,7 @@ import torch
 
 from .detok import Detokenizer
 from .guard import TagGuard
-from .layout import MAIN, ThreadLayout, bits_to_rows, encode, pieces, prompt_ids, turn_end_id
+from .layout import MAIN, SlotCounter, ThreadLayout, bits_to_rows, encode, pieces, prompt_ids, turn_end_id
 from .parser import parse
 from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text
 
@@ -156,6 +156,12 @@ def end_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def new_cache(model):
+    from transformers import DynamicCache  # lazily: importing interpreter stays light (CLI, remote client)
+
+    return DynamicCache(config=model.config)
+
+
 def forward(model, cache, slots: int, ids: list[int], pos: list[int], vis: list[int] | None,
             keep: list[int]) -> torch.Tensor:
     """One step: `ids` enter the cache at positions `pos`, token i seeing the slots in bitset vis[i]
@@ -212,6 +218,52 @@ class Engine:
         return self.generate(prompt, mode, opts, source=script, record_logits=record_logits)
 
     @torch.inference_mode()
+    def generate_many(self, prompt, options: list[Options], sources: list | None = None) -> list[Result]:
+        """Several answers to one prompt in pasta mode, decoded together (best-of-N sampling).
+
+        The prompt is prefilled once into one shared KV cache; each step is ONE forward pass over
+        the next tokens of every answer's threads, and an answer's threads see the prompt and their
+        own answer only, so each answer is what `generate` with its options (and source) would
+        give. A result's wall_time is the time until its answer finished; prefill_time is shared."""
+        ids = self.prompt_ids(prompt)
+        n, cache, counter = len(ids), new_cache(self.model), SlotCounter()
+        runs = [_Run(self, ids, "pasta", o, s, False, cache, counter)
+                for o, s in zip(options, sources or [None] * len(options), strict=True)]
+        start = time.perf_counter()
+        for _ in range(n):
+            counter.take()
+        rows = forward(self.model, cache, n, ids, list(range(n)), None, [n - 1])
+        prefill = time.perf_counter() - start
+        for run in runs:
+            run.layout.see_prompt(n)
+            run.steps, run.prefill_time = 1, prefill
+            run._accept([run.main], rows)
+        results: list[Result | None] = [None] * len(runs)
+        live = list(range(len(runs)))
+        while live:
+            step_ids, pos, vis, keep, drawing = [], [], [], [], []
+            for i in live:  # slots are handed out in this order: the tokens enter the cache in it too
+                batch = runs[i].next_step()
+                if batch is None:
+                    results[i] = runs[i]._result(time.perf_counter() - start)
+                    continue
+                keep += [len(step_ids) + j for _, j in batch[3]]
+                step_ids += batch[0]
+                pos += batch[1]
+                vis += batch[2]
+                drawing.append((i, [th for th, _ in batch[3]]))
+            live = [i for i, _ in drawing]
+            if not live:
+                break
+            rows = forward(self.model, cache, counter.count, step_ids, pos, vis, keep)
+            k = 0
+            for i, threads in drawing:
+                runs[i].steps += 1
+                runs[i]._accept(threads, rows[k:k + len(threads)])
+                k += len(threads)
+        return results
+
+    @torch.inference_mode()
     def generate_batch(self, prompts: list, options: Options | None = None, batch_size: int = 8) -> list[Result]:
         """Sequential mode for many prompts at once, for throughput (seed answers, baselines).
 
@@ -266,17 +318,16 @@ class Engine:
 class _Run:
     """The state of one request."""
 
-    def __init__(self, engine: Engine, prompt_ids, mode, opts, source, record):
-        from transformers import DynamicCache
-
+    def __init__(self, engine: Engine, prompt_ids, mode, opts, source, record, cache=None,
+                 counter: SlotCounter | None = None):
         self.e, self.opts, self.mode = engine, opts, mode
         self.prompt_ids = prompt_ids
         self.source = source or Sampler(opts, engine.device)
         guarded = mode == "pasta" and opts.guard_tags and isinstance(self.source, Sampler)  # never a replay
         self.guard = engine.guard if guarded else None
         self.steered = 0
-        self.cache = DynamicCache(config=engine.model.config)
-        self.layout = ThreadLayout()
+        self.cache = cache if cache is not None else new_cache(engine.model)
+        self.layout = ThreadLayout(counter)  # a counter shared with other answers: one cache for all
         self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
         self.blocks: list[Thread] = []
         self.promised = 0  # promises accepted (blocks forked or about to be)
@@ -305,11 +356,7 @@ class _Run:
                 yield {"delta": delta}
             if watch:
                 yield {"threads": self.snapshot()}
-            if cancel is not None and cancel.is_set():
-                self._cut_everything("cancelled")
-            elif self.total >= self.opts.max_new_tokens:
-                self._cut_everything("length")
-            batch = self._assemble()
+            batch = self.next_step(cancel)
             if batch is None:
                 break
             ids, pos, vis, draw = batch
@@ -320,6 +367,15 @@ class _Run:
         if tail:
             yield {"delta": tail}
         yield {"result": self._result(wall)}
+
+    def next_step(self, cancel=None):
+        """The tokens of the next step (ids, positions, visibility, [(thread, index) drawing]) after the
+        budget and `cancel` are enforced; None when the answer is finished."""
+        if cancel is not None and cancel.is_set():
+            self._cut_everything("cancelled")
+        elif self.total >= self.opts.max_new_tokens:
+            self._cut_everything("length")
+        return self._assemble()
 
     def _forward(self, ids: list[int], pos: list[int], vis: list[int] | None, keep: list[int]) -> torch.Tensor:
         self.steps += 1

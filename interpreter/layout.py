@@ -27,11 +27,23 @@ PROMPT = -1
 IGNORE = -100
 
 
+class SlotCounter:
+    """Cache slots in arrival order. Layouts that share one counter share one cache: their bitsets
+    index the same slots, so answers decoded together (`Engine.generate_many`) need no remapping."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def take(self) -> int:
+        self.count += 1
+        return self.count - 1
+
+
 class ThreadLayout:
     """Positions and visibility of tokens entering one shared KV cache. Thread 0 is main."""
 
-    def __init__(self) -> None:
-        self.slots = 0
+    def __init__(self, counter: SlotCounter | None = None) -> None:
+        self.counter = counter or SlotCounter()
         self.next_pos = {MAIN: 0}
         self.vis = {MAIN: 0}  # bitset of slots each thread sees
         self.own = {MAIN: 0}  # bitset of slots each thread wrote
@@ -39,13 +51,22 @@ class ThreadLayout:
 
     def append(self, thread: int) -> tuple[int, int, int]:
         """Adds one token of `thread`; returns (slot, position, visibility bitset incl. itself)."""
-        slot, pos = self.slots, self.next_pos[thread]
-        self.slots += 1
+        slot, pos = self.counter.take(), self.next_pos[thread]
         self.next_pos[thread] = pos + 1
         bit = 1 << slot
         self.vis[thread] |= bit
         self.own[thread] |= bit
         return slot, pos, self.vis[thread]
+
+    @property
+    def slots(self) -> int:
+        """The cache's length: every slot handed out, by this layout or one sharing its counter."""
+        return self.counter.count
+
+    def see_prompt(self, n: int) -> None:
+        """Main starts after a prompt of `n` tokens already in the first slots of the shared cache."""
+        self.vis[MAIN] |= (1 << n) - 1
+        self.next_pos[MAIN] = max(self.next_pos[MAIN], n)
 
     def fork(self, tokens: int) -> int:
         """Forks a block for a promise whose last token main appended just now; returns its thread id."""

@@ -1,5 +1,6 @@
 """BoNBoN preference optimization: best-of-N pairs, the loss, and the rounds."""
 
+import dataclasses
 import json
 import math
 
@@ -58,7 +59,15 @@ def test_pairs_are_sampled_judged_and_cached(run):
             pair = json.loads(line)
             assert pair["chosen"] != pair["rejected"] or pair["chosen_quality"] != pair["rejected_quality"]
     make_pairs(args)  # every sample is cached
-    assert len((run / "po1" / "samples.jsonl").read_text().splitlines()) == 9
+    cache = run / "po1" / "samples.jsonl"
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 9
+    cache.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])  # killed while writing the sixth
+    make_pairs(dataclasses.replace(args, batch=2))
+    again = [json.loads(line) for line in cache.read_text().splitlines()[5:]]
+    # the answers made again, two at a time in one cache, are the ones the first run drew with their seeds
+    assert {(r["id"], r["score_seed"]): r["stored"] for r in again} == \
+           {(r["id"], r["score_seed"]): r["stored"] for r in map(json.loads, lines[5:])}
 
 
 def _margin(model, tok, rows):
