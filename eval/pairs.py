@@ -106,7 +106,11 @@ def main(args: PairsArguments) -> dict:
     model, tok = load_model(policy, dtype=args.dtype, device=args.device)
     engine = Engine(model, tok)
     cache_file = out / "samples.jsonl"
-    done = {(row["id"], row["score_seed"]): row for row in read_rows(cache_file) if row.get("policy") == policy}
+    # a sample is reused only if drawn by the same policy with the same settings
+    settings = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+                "seed": args.seed}
+    done = {(row["id"], row["score_seed"]): row for row in read_rows(cache_file)
+            if row.get("policy") == policy and row.get("settings") == settings}
     judge = make_judge(args.judge, JudgmentCache(out / f"judgments-{args.judge}.jsonl"),
                        proxy_reference=args.proxy_reference, judge_model=args.judge_model,
                        base_url=args.judge_base_url, api_key_env=args.judge_api_key_env, device=args.device)
@@ -119,9 +123,10 @@ def main(args: PairsArguments) -> dict:
             results = engine.generate_many(p["messages"], [Options(
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                 seed=args.seed * 100003 + j) for j in chunk])
-            rows = [{"id": p["id"], "score_seed": j, "policy": policy, "messages": p["messages"], "stored": r.stored,
-                     "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs), "threads": r.threads,
-                     "speedup": measure(r.stored, tok).theoretical_speedup} for j, r in zip(chunk, results)]
+            rows = [{"id": p["id"], "score_seed": j, "policy": policy, "settings": settings, "messages": p["messages"],
+                     "stored": r.stored, "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs),
+                     "threads": r.threads, "speedup": measure(r.stored, tok).theoretical_speedup}
+                    for j, r in zip(chunk, results)]
             append_rows(cache_file, rows)
             done.update({(row["id"], row["score_seed"]): row for row in rows})
     instruction = {p["id"]: p["messages"][-1]["content"] for p in prompts}

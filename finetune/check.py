@@ -62,6 +62,7 @@ def check(args: CheckArguments) -> dict:
         print(f"{i + 1}/{len(rows)} threads={result.threads} repairs={len(result.repairs)} speedup={speedup:.2f}",
               file=sys.stderr, flush=True)
     with_blocks = [a for a in answers if a["reference_blocks"] > 0]
+    finished = [a for a in answers if a["finish_reason"] == "stop"]
     summary = {
         "model": args.model, "dataset": where, "split": args.split, "answers": len(answers),
         "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
@@ -71,6 +72,9 @@ def check(args: CheckArguments) -> dict:
         "guard_tags": args.guard_tags, "steered_answers": sum(a["steered"] > 0 for a in answers),
         "mean_theoretical_speedup": round(sum(a["theoretical_speedup"] for a in answers) / len(answers), 4),
         "cut_at_max_new_tokens": sum(a["finish_reason"] == "length" for a in answers),
+        # a cut answer's blocks ran to the budget: its speedup says how long they ran, not how fast the model is
+        "mean_theoretical_speedup_finished": round(sum(a["theoretical_speedup"] for a in finished) / len(finished), 4)
+        if finished else None,
         "max_new_tokens": args.max_new_tokens, "wall_time_s": round(time.perf_counter() - started, 1)}
     out = Path(args.out or Path(args.model) / "check.json")
     out.write_text(json.dumps({"summary": summary, "answers": answers}, indent=1, ensure_ascii=False) + "\n")

@@ -68,6 +68,8 @@ def test_pairs_are_sampled_judged_and_cached(run):
     # the answers made again, two at a time in one cache, are the ones the first run drew with their seeds
     assert {(r["id"], r["score_seed"]): r["stored"] for r in again} == \
            {(r["id"], r["score_seed"]): r["stored"] for r in map(json.loads, lines[5:])}
+    make_pairs(dataclasses.replace(args, temperature=0.5))  # other settings: samples drawn anew, none reused
+    assert len(cache.read_text().splitlines()) == 18
 
 
 def _margin(model, tok, rows):
