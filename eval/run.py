@@ -91,6 +91,15 @@ def plan(args: EvalArguments) -> list[tuple[str, str, str]]:
     return rows
 
 
+def weights_stamp(path: str) -> list:
+    """Size and modification time of a model folder's weight files: a model trained again into the same
+    folder (a new prefopt recipe) gets new generations, not the old model's cached answers."""
+    folder = Path(path)
+    files = sorted(f for f in folder.glob("*") if f.suffix in (".safetensors", ".bin", ".gguf")) \
+        if folder.is_dir() else []
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def _label(path: str) -> str:
     return Path(path).name if os.path.isdir(path) else path
 
@@ -118,7 +127,8 @@ def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[i
         name = f"{method} · {label}"
         file = out / "generations" / f"{method}--{report._slug(label)}.jsonl"
         cache = Generations(shard_path(file, *shard) if shard else file,
-                            {"method": method, "model": path, "options": asdict(options), "dtype": args.dtype})
+                            {"method": method, "model": path, "weights": weights_stamp(path),
+                             "options": asdict(options), "dtype": args.dtype})
         mine = [p for i, p in enumerate(prompts) if shard is None or i % shard[1] == shard[0]]
         todo = [p for p in mine if p["id"] not in cache.rows]
         if todo:

@@ -53,6 +53,12 @@ def test_eval_end_to_end_and_caching(run_root, capsys):
     main(_args(run_root))  # everything cached: nothing is generated again
     assert {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")} == sizes
     assert "plot:" in capsys.readouterr().out
+    tok = bpe_tokenizer()  # trained again into the same folder: its answers are made anew, not reused
+    tiny_model("llama", len(tok), seed=7).save_pretrained(run_root / "t" / "models" / "pasta-sft")
+    main(_args(run_root, methods=["pasta"]))
+    again = {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")}
+    assert again["pasta--pasta-sft.jsonl"] == sizes["pasta--pasta-sft.jsonl"] + 3
+    assert again["sequential--baseline-sft.jsonl"] == sizes["sequential--baseline-sft.jsonl"]
 
 
 def test_missing_models_say_what_to_do(tmp_path):
