@@ -13,6 +13,7 @@ tags. Writes every answer and the summary to --out (default <model>/check.json).
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,12 @@ class CheckArguments:
     run_dir: str = field(default="runs/demo", metadata={"help": "run folder whose dataset holds the prompts"})
     dataset: str | None = field(default=None, metadata={"help": "instead of <run_dir>/dataset (as in finetune)"})
     split: str = field(default="test", metadata={"help": "held-out split to decode"})
-    limit: int | None = field(default=None, metadata={"help": "decode the first N prompts only"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "a JSONL of instructions (`instruction` or `messages`, e.g. data_gen/seeds.jsonl) to decode instead of "
+                "the split; any already in the run's dataset is left out, so they stay held out"})
+    categories: list[str] = field(default_factory=list, metadata={"help": "--prompts: keep these categories only"})
+    limit: int | None = field(default=None, metadata={"help": "decode the first N prompts only (--prompts: a seeded "
+                                                             "shuffle first)"})
     max_new_tokens: int = field(default=384, metadata={"help": "token budget of one answer, all threads together"})
     guard_tags: bool = field(default=True, metadata={
         "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
@@ -40,11 +46,32 @@ def reference_blocks(row: dict) -> int:
     return row["blocks"] if "blocks" in row else len(parse(row["annotated"]).blocks)
 
 
+def held_out_prompts(args: CheckArguments, dataset) -> list[dict]:
+    """--prompts minus every instruction the run's dataset holds (any split), in a seeded order."""
+    seen = {row["messages"][-1]["content"] for part in dataset.values() for row in part}
+    rows = []
+    for i, line in enumerate(Path(args.prompts).read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            row = json.loads(line)
+            messages = row.get("messages") or [{"role": "user", "content": row["instruction"]}]
+            if messages[-1]["content"] not in seen and (not args.categories or row.get("category") in args.categories):
+                rows.append({"id": row.get("id", f"{Path(args.prompts).stem}-{i}"), "messages": messages,
+                             "blocks": None})
+    random.Random(0).shuffle(rows)
+    return rows[:args.limit] if args.limit else rows
+
+
 def check(args: CheckArguments) -> dict:
     where = args.dataset or str(Path(args.run_dir) / "dataset")
-    rows = split(load_splits(where), args.split, where)
-    if args.limit:
-        rows = rows.select(range(min(args.limit, len(rows))))
+    data = load_splits(where)
+    if args.prompts:
+        rows = held_out_prompts(args, data)
+        if not rows:
+            raise ValueError(f"{args.prompts}: no prompt left outside {where} (categories: {args.categories or 'all'})")
+    else:
+        rows = split(data, args.split, where)
+        if args.limit:
+            rows = rows.select(range(min(args.limit, len(rows))))
     model, tokenizer = load_model(args.model)
     engine = Engine(model, tokenizer)
     answers = []
@@ -61,10 +88,10 @@ def check(args: CheckArguments) -> dict:
                         "theoretical_speedup": round(speedup, 4), "stored": result.stored})
         print(f"{i + 1}/{len(rows)} threads={result.threads} repairs={len(result.repairs)} speedup={speedup:.2f}",
               file=sys.stderr, flush=True)
-    with_blocks = [a for a in answers if a["reference_blocks"] > 0]
+    with_blocks = [a for a in answers if a["reference_blocks"]]  # None: a --prompts row has no reference
     finished = [a for a in answers if a["finish_reason"] == "stop"]
     summary = {
-        "model": args.model, "dataset": where, "split": args.split, "answers": len(answers),
+        "model": args.model, "dataset": where, "split": args.prompts or args.split, "answers": len(answers),
         "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
         "prompts_with_reference_blocks": len(with_blocks),
         "promise_share": round(sum(a["threads"] > 0 for a in with_blocks) / len(with_blocks), 4)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from tiny import bpe_tokenizer, tiny_model
 
 from finetune.check import CheckArguments, check
@@ -9,19 +10,42 @@ from finetune.check import CheckArguments, check
 ANNOTATED = 'Two:<promise topic="a" tokens="3"/><async> one</async><sync/> done'
 
 
-def test_summary_separates_answers_cut_by_the_budget(tmp_path):
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("check")
     tok = bpe_tokenizer()
-    model = tmp_path / "model"
-    tiny_model("llama", len(tok)).save_pretrained(model)
-    tok.save_pretrained(model)
-    (tmp_path / "dataset").mkdir()
+    tiny_model("llama", len(tok)).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    (root / "dataset").mkdir()
     rows = [{"id": f"t{i}", "messages": [{"role": "user", "content": f"List {i}"}], "annotated": ANNOTATED}
             for i in range(4)]
-    (tmp_path / "dataset" / "test.jsonl").write_text("\n".join(map(json.dumps, rows)))
-    summary = check(CheckArguments(model=str(model), run_dir=str(tmp_path), max_new_tokens=6))
+    (root / "dataset" / "test.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    return root
+
+
+def test_summary_separates_answers_cut_by_the_budget(run):
+    model = run / "model"
+    summary = check(CheckArguments(model=str(model), run_dir=str(run), max_new_tokens=6))
     answers = json.loads((model / "check.json").read_text())["answers"]
     assert summary["answers"] == len(answers) == 4 and summary["prompts_with_reference_blocks"] == 4
     finished = [a["theoretical_speedup"] for a in answers if a["finish_reason"] == "stop"]
     assert summary["cut_at_max_new_tokens"] == 4 - len(finished)
     assert summary["mean_theoretical_speedup_finished"] == (round(sum(finished) / len(finished), 4) if finished
                                                             else None)
+
+
+def test_held_out_prompts_leave_out_what_the_dataset_holds(run, tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps(r) for r in [
+        {"instruction": "List 1", "category": "list"},  # in the dataset: not held out
+        {"instruction": "List five birds.", "category": "list"},
+        {"instruction": "Name two rivers.", "category": "list"},
+        {"instruction": "Why is ice slippery?", "category": "explanation"}]))
+    out = tmp_path / "held.json"
+    summary = check(CheckArguments(model=str(run / "model"), run_dir=str(run), max_new_tokens=4, prompts=str(seeds),
+                                   categories=["list"], out=str(out)))
+    answers = json.loads(out.read_text())["answers"]
+    assert summary["answers"] == 2 and summary["promise_share"] is None  # no reference answers to compare with
+    assert sorted(a["id"] for a in answers) == ["seeds-1", "seeds-2"]
+    with pytest.raises(ValueError, match="no prompt left outside"):
+        check(CheckArguments(model=str(run / "model"), run_dir=str(run), prompts=str(seeds), categories=["code"]))
