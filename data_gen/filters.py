@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from interpreter import parse, validate
+from interpreter import parse, repetition, validate
 
 from .promises import rewrite_tokens
 
@@ -45,13 +45,6 @@ class Verdict:
     rule: str | None = None
     detail: str | None = None  # the validator's own rule name and message, for `invalid`
     fixes: list[str] = field(default_factory=list)
-
-
-def repetition(text: str) -> float:
-    """Share of word 4-grams (numbers masked) that repeat an earlier one."""
-    words = re.sub(r"\d+", "#", text).split()
-    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
-    return 1 - len(set(grams)) / len(grams) if len(grams) >= 16 else 0.0
 
 
 def check_answer(answer: str, max_repetition: float) -> str | None:

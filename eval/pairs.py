@@ -3,8 +3,8 @@
 For each training prompt, N answers are sampled from the current PASTA model through the
 interpreter; each is scored as theoretical speedup + λ·quality, quality being a judge's
 preference for it over the dataset's reference answer (the openai judge, or the offline proxy).
-An answer whose tags needed repair never counts as best. For every λ the best and the worst
-answer of a prompt form a pair; `python -m finetune.prefopt` trains on them.
+A broken answer (its tags needed repair, or it loops) never counts as best. For every λ the best
+and the worst answer of a prompt form a pair; `python -m finetune.prefopt` trains on them.
 
 python -m eval.pairs --policy runs/demo/models/pasta-sft --out runs/demo/prefopt/round-1 --lambdas 1 inf
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from interpreter import Engine, Options, load_model, measure
+from interpreter import Engine, Options, load_model, measure, repetition
 
 from .jsonl import append_rows, read_rows
 from .judges import JudgmentCache, OpenAIJudge, make_judge
@@ -45,6 +45,10 @@ class PairsArguments:
         "help": "answers whose tags needed repair: worst (rejected before any clean one, never chosen) or skip "
                 "(left out: when most repairs are blocks cut by the sampling budget, rejecting them teaches the "
                 "model not to fork)", "choices": ["worst", "skip"]})
+    max_repetition: float = field(default=0.35, metadata={
+        "help": "an answer whose share of repeated word 4-grams is above this counts as broken, like a repaired one "
+                "(the dataset filter's rule: the proxy judge's likelihood rates loops well and long looping blocks "
+                "look fast, so looping answers were chosen more often than rejected)"})
     judge: str = field(default="proxy", metadata={"help": "proxy (offline) or openai"})
     judge_model: str = "gpt-4o"
     judge_base_url: str | None = None
@@ -69,9 +73,14 @@ def load_prompts(args: PairsArguments) -> list[dict]:
     return rows[: args.num_prompts]
 
 
+def broken(sample: dict) -> bool:
+    """Tags that needed repair, or an answer that loops: never the best of its group."""
+    return sample["repaired"] or sample.get("looping", False)
+
+
 def score(sample: dict, lam: float) -> float:
-    """What best-of-N ranks by; answers whose tags needed repair rank below every clean one."""
-    if sample["repaired"]:
+    """What best-of-N ranks by; broken answers rank below every clean one."""
+    if broken(sample):
         return -1e9 + sample["speedup"]
     if math.isinf(lam):
         return sample["quality"] * 1e6 + sample["speedup"]  # quality first, speed breaks ties
@@ -79,17 +88,17 @@ def score(sample: dict, lam: float) -> float:
 
 
 def pairs_for(samples: dict[str, list[dict]], lam: float, repaired: str = "worst") -> list[dict]:
-    """Best and worst answer of each prompt. `repaired`: "worst" ranks answers whose tags needed repair
+    """Best and worst answer of each prompt. `repaired`: "worst" ranks broken answers (see `broken`)
     below every clean one (they can be rejected, never chosen); "skip" leaves them out of the pairs."""
     out = []
     for prompt_id, group in samples.items():
         if repaired == "skip":
-            group = [s for s in group if not s["repaired"]]
+            group = [s for s in group if not broken(s)]
         if len(group) < 2:
             continue
         ranked = sorted(group, key=lambda s: score(s, lam))
         worst, best = ranked[0], ranked[-1]
-        if score(best, lam) <= score(worst, lam) or best["repaired"]:
+        if score(best, lam) <= score(worst, lam) or broken(best):
             continue  # nothing to learn from this prompt
         out.append({"id": prompt_id, "messages": best["messages"], "chosen": best["stored"],
                     "rejected": worst["stored"], "lambda": lambda_name(lam),
@@ -138,11 +147,13 @@ def main(args: PairsArguments) -> dict:
                     for r in tqdm(rows, desc="judging", file=sys.stderr)]
     for r, v in zip(rows, verdicts):
         r["quality"] = v["preference"]
+        r["looping"] = repetition(r["text"]) > args.max_repetition
         samples.setdefault(r["id"], []).append(r)
     summary = {"policy": policy, "judge": judge.label, "prompts": len(prompts), "samples": len(rows),
                "mean_speedup": sum(r["speedup"] for r in rows) / len(rows),
                "mean_quality": sum(r["quality"] for r in rows) / len(rows),
-               "repaired_share": sum(r["repaired"] for r in rows) / len(rows), "lambdas": {}}
+               "repaired_share": sum(r["repaired"] for r in rows) / len(rows),
+               "looping_share": sum(r["looping"] for r in rows) / len(rows), "lambdas": {}}
     for lam in [float(x) for x in args.lambdas]:  # a recipe's "inf" arrives as text
         pairs = pairs_for(samples, lam, args.repaired)
         name = lambda_name(lam)

@@ -33,6 +33,9 @@ def test_best_and_worst_by_speedup_plus_lambda_quality():
     assert pairs_for({"q": [sample(1.0, 0.5), sample(1.0, 0.5)]}, 1.0) == []  # nothing to learn
     skipped = pairs_for(group, 1.0, repaired="skip")  # the broken answer is neither best nor worst
     assert [(p["chosen"], p["rejected"]) for p in skipped] == [("fast", "good")]
+    looping = {"p": [sample(1.0, 0.3, stored="plain"), {**sample(1.9, 0.9, stored="loop"), "looping": True}]}
+    assert pairs_for(looping, 1.0)[0]["chosen"] == "plain"  # fast and well judged, but it loops: never best
+    assert pairs_for(looping, 1.0, repaired="skip") == []
 
 
 @pytest.fixture(scope="module")

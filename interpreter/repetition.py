@@ -1,0 +1,15 @@
+"""Degenerate repetition of decoded text: small models loop, and a loop must not pass for an answer.
+
+The dataset filters reject answers that repeat themselves; best-of-N scoring treats such samples as broken
+(a likelihood-based judge rates loops well, and long looping blocks look fast)."""
+
+from __future__ import annotations
+
+import re
+
+
+def repetition(text: str) -> float:
+    """Share of word 4-grams (numbers masked) that repeat an earlier one; 0 for texts under 19 words."""
+    words = re.sub(r"\d+", "#", text).split()
+    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+    return 1 - len(set(grams)) / len(grams) if len(grams) >= 16 else 0.0
