@@ -5,7 +5,7 @@ of answers that needed no repair, the share of prompts whose reference answer ha
 at least one promise, and the mean theoretical speedup of the answers (`interpreter.measure`).
 With the tag guard on (the default, as in eval), a draw that would write an invalid tag is
 redrawn, and the summary counts the answers it steered; --guard_tags false shows the model's raw
-tags. Writes every answer and the summary to --out (default <model>/check.json).
+tags. Answers cut by the budget and answers that loop are counted apart: both inflate the speedup. Writes every answer and the summary to --out (default <model>/check.json).
 
   python -m finetune.check --model runs/demo/models/pasta-sft
 """
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from interpreter import Engine, Options, PastaSyntaxError, load_model, measure, parse
+from interpreter import Engine, Options, PastaSyntaxError, load_model, measure, parse, repetition
 
 from .data import load_splits, split
 
@@ -40,6 +40,9 @@ class CheckArguments:
     guard_tags: bool = field(default=True, metadata={
         "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
     out: str | None = field(default=None, metadata={"help": "where to write the answers and summary"})
+
+
+LOOPING = 0.35  # share of repeated word 4-grams above which an answer loops (the dataset filter's default)
 
 
 def reference_blocks(row: dict) -> int:
@@ -84,6 +87,7 @@ def check(args: CheckArguments) -> dict:
         except PastaSyntaxError as err:  # should not happen: the engine stores what it ran, repaired
             speedup, result.repairs = 1.0, [*result.repairs, f"stored form does not parse: {err}"]
         answers.append({"id": row.get("id", i), "reference_blocks": reference_blocks(row), "threads": result.threads,
+                        "repetition": round(repetition(result.text), 4),
                         "repairs": result.repairs, "steered": result.steered, "finish_reason": result.finish_reason,
                         "theoretical_speedup": round(speedup, 4), "stored": result.stored})
         print(f"{i + 1}/{len(rows)} threads={result.threads} repairs={len(result.repairs)} speedup={speedup:.2f}",
@@ -97,6 +101,7 @@ def check(args: CheckArguments) -> dict:
         "promise_share": round(sum(a["threads"] > 0 for a in with_blocks) / len(with_blocks), 4)
         if with_blocks else None,
         "guard_tags": args.guard_tags, "steered_answers": sum(a["steered"] > 0 for a in answers),
+        "looping_answers": sum(a["repetition"] > LOOPING for a in answers),
         "mean_theoretical_speedup": round(sum(a["theoretical_speedup"] for a in answers) / len(answers), 4),
         "cut_at_max_new_tokens": sum(a["finish_reason"] == "length" for a in answers),
         # a cut answer's blocks ran to the budget: its speedup says how long they ran, not how fast the model is
