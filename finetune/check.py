@@ -5,7 +5,8 @@ of answers that needed no repair, the share of prompts whose reference answer ha
 at least one promise, and the mean theoretical speedup of the answers (`interpreter.measure`).
 With the tag guard on (the default, as in eval), a draw that would write an invalid tag is
 redrawn, and the summary counts the answers it steered; --guard_tags false shows the model's raw
-tags. Answers cut by the budget and answers that loop are counted apart: both inflate the speedup. Writes every answer and the summary to --out (default <model>/check.json).
+tags. Answers cut by the budget and answers that loop are counted apart: both inflate the speedup.
+Writes every answer and the summary to --out (default <model>/check.json).
 
   python -m finetune.check --model runs/demo/models/pasta-sft
 """
