@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from interpreter import EMBEDDED_MODEL
+from interpreter import EMBEDDED_MODEL, LOOPING
 
 TEACHERS = ("structural", "openai")
 
@@ -63,7 +63,7 @@ class DataGenConfig:
     min_blocks: int = _help("fewest blocks an annotated answer may have (answers with none are counted apart)", 1)
     max_blocks: int = _help("most blocks an annotated answer may have", 12)
     no_parallel_share: float = _help("largest share of the kept set that may have no blocks at all", 0.2)
-    max_repetition: float = _help("drop answers whose share of repeated word 4-grams is above this", 0.35)
+    max_repetition: float = _help("drop answers whose share of repeated word 4-grams is above this", LOOPING)
 
     # Output
     test_size: float = _help("share of the kept examples in the test split", 0.05)

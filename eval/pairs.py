@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from interpreter import Engine, Options, load_model, measure, repetition
+from interpreter import LOOPING, Engine, Options, load_model, measure, repetition
 
 from .jsonl import append_rows, read_rows
 from .judges import JudgmentCache, OpenAIJudge, make_judge
@@ -45,7 +45,7 @@ class PairsArguments:
         "help": "answers whose tags needed repair: worst (rejected before any clean one, never chosen) or skip "
                 "(left out: when most repairs are blocks cut by the sampling budget, rejecting them teaches the "
                 "model not to fork)", "choices": ["worst", "skip"]})
-    max_repetition: float = field(default=0.35, metadata={
+    max_repetition: float = field(default=LOOPING, metadata={
         "help": "an answer whose share of repeated word 4-grams is above this counts as broken, like a repaired one "
                 "(the dataset filter's rule: the proxy judge's likelihood rates loops well and long looping blocks "
                 "look fast, so looping answers were chosen more often than rejected)"})

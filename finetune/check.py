@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from interpreter import Engine, Options, PastaSyntaxError, load_model, measure, parse, repetition
+from interpreter import LOOPING, Engine, Options, PastaSyntaxError, load_model, measure, parse, repetition
 
 from .data import load_splits, split
 
@@ -41,9 +41,6 @@ class CheckArguments:
     guard_tags: bool = field(default=True, metadata={
         "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
     out: str | None = field(default=None, metadata={"help": "where to write the answers and summary"})
-
-
-LOOPING = 0.35  # share of repeated word 4-grams above which an answer loops (the dataset filter's default)
 
 
 def reference_blocks(row: dict) -> int:

@@ -226,18 +226,13 @@ class Engine:
         own answer only, so each answer is what `generate` with its options (and source) would
         give. A result's wall_time is the time until its answer finished; prefill_time is shared."""
         ids = self.prompt_ids(prompt)
-        n, cache, counter = len(ids), new_cache(self.model), SlotCounter()
+        cache, counter = new_cache(self.model), SlotCounter()
         runs = [_Run(self, ids, "pasta", o, s, False, cache, counter)
                 for o, s in zip(options, sources or [None] * len(options), strict=True)]
         start = time.perf_counter()
-        for _ in range(n):
-            counter.take()
-        rows = forward(self.model, cache, n, ids, list(range(n)), None, [n - 1])
-        prefill = time.perf_counter() - start
+        rows = runs[0].prefill()
         for run in runs:
-            run.layout.see_prompt(n)
-            run.steps, run.prefill_time = 1, prefill
-            run._accept([run.main], rows)
+            run.begin(rows, time.perf_counter() - start)
         results: list[Result | None] = [None] * len(runs)
         live = list(range(len(runs)))
         while live:
@@ -343,12 +338,7 @@ class _Run:
     # -- the loop ------------------------------------------------------------------------------
     def loop(self, cancel=None, watch: bool = False) -> Iterator[dict]:
         start = time.perf_counter()
-        n = len(self.prompt_ids)
-        for _ in range(n):
-            self.layout.append(MAIN)
-        rows = self._forward(self.prompt_ids, list(range(n)), None, [n - 1])
-        self.prefill_time = time.perf_counter() - start
-        self._accept([self.main], rows)
+        self.begin(self.prefill(), time.perf_counter() - start)
         while True:
             delta = self._stitched(committed=True)[self.sent:]
             if delta:
@@ -367,6 +357,20 @@ class _Run:
         if tail:
             yield {"delta": tail}
         yield {"result": self._result(wall)}
+
+    def prefill(self) -> torch.Tensor:
+        """The prompt enters the first slots of the cache (shared by answers decoded together: one
+        prefill for all); returns the logits row that draws main's first token."""
+        n = len(self.prompt_ids)
+        for _ in range(n):
+            self.layout.counter.take()
+        return forward(self.e.model, self.cache, n, self.prompt_ids, list(range(n)), None, [n - 1])
+
+    def begin(self, rows: torch.Tensor, prefill_time: float) -> None:
+        """Main sees the prompt and draws its first token from the prefill's logits."""
+        self.layout.see_prompt(len(self.prompt_ids))
+        self.steps, self.prefill_time = 1, prefill_time
+        self._accept([self.main], rows)
 
     def next_step(self, cancel=None):
         """The tokens of the next step (ids, positions, visibility, [(thread, index) drawing]) after the

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+LOOPING = 0.35  # a share of repeated 4-grams above this is a loop (datasets, best-of-N samples, held-out checks)
+
 
 def repetition(text: str) -> float:
     """Share of word 4-grams (numbers masked) that repeat an earlier one; 0 for texts under 19 words."""
