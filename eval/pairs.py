@@ -49,6 +49,9 @@ class PairsArguments:
         "help": "an answer whose share of repeated word 4-grams is above this counts as broken, like a repaired one "
                 "(the dataset filter's rule: the proxy judge's likelihood rates loops well and long looping blocks "
                 "look fast, so looping answers were chosen more often than rejected)"})
+    stop_loops: bool = field(default=False, metadata={
+        "help": "end a sample's thread when it falls into a loop (Options.stop_loops): a stopped loop counts as "
+                "broken too, and sampling does not spend the budget on it"})
     judge: str = field(default="proxy", metadata={"help": "proxy (offline) or openai"})
     judge_model: str = "gpt-4o"
     judge_base_url: str | None = None
@@ -115,9 +118,10 @@ def main(args: PairsArguments) -> dict:
     model, tok = load_model(policy, dtype=args.dtype, device=args.device)
     engine = Engine(model, tok)
     cache_file = out / "samples.jsonl"
-    # a sample is reused only if drawn by the same policy with the same settings
+    # a sample is reused only if drawn by the same policy with the same settings (stop_loops only when on:
+    # samples drawn before the option existed stay valid)
     settings = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-                "seed": args.seed}
+                "seed": args.seed, **({"stop_loops": True} if args.stop_loops else {})}
     done = {(row["id"], row["score_seed"]): row for row in read_rows(cache_file)
             if row.get("policy") == policy and row.get("settings") == settings}
     judge = make_judge(args.judge, JudgmentCache(out / f"judgments-{args.judge}.jsonl"),
@@ -131,10 +135,11 @@ def main(args: PairsArguments) -> dict:
             chunk = seeds[start:start + args.batch]
             results = engine.generate_many(p["messages"], [Options(
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                seed=args.seed * 100003 + j) for j in chunk])
+                seed=args.seed * 100003 + j, stop_loops=args.stop_loops) for j in chunk])
             rows = [{"id": p["id"], "score_seed": j, "policy": policy, "settings": settings, "messages": p["messages"],
                      "stored": r.stored, "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs),
-                     "threads": r.threads, "speedup": measure(r.stored, tok).theoretical_speedup}
+                     "finish_reason": r.finish_reason, "threads": r.threads,
+                     "speedup": measure(r.stored, tok).theoretical_speedup}
                     for j, r in zip(chunk, results)]
             append_rows(cache_file, rows)
             done.update({(row["id"], row["score_seed"]): row for row in rows})
@@ -147,7 +152,7 @@ def main(args: PairsArguments) -> dict:
                     for r in tqdm(rows, desc="judging", file=sys.stderr)]
     for r, v in zip(rows, verdicts):
         r["quality"] = v["preference"]
-        r["looping"] = repetition(r["text"]) > args.max_repetition
+        r["looping"] = r.get("finish_reason") == "loop" or repetition(r["text"]) > args.max_repetition
         samples.setdefault(r["id"], []).append(r)
     summary = {"policy": policy, "judge": judge.label, "prompts": len(prompts), "samples": len(rows),
                "mean_speedup": sum(r["speedup"] for r in rows) / len(rows),

@@ -20,6 +20,7 @@ from interpreter import Engine, Options, encode
 from interpreter.detok import Detokenizer
 from interpreter.engine import Sampler, forward, new_cache
 from interpreter.layout import MAIN, ThreadLayout
+from interpreter.repetition import loops
 
 _LIST_START = re.compile(r"(?:^|\n)[ \t]*1([.)])[ \t][^\n]*?(\n+[ \t]*)2\1$")
 SEEK, ITEM, CHECK, ADOPT, FREE = "seek", "item", "check", "adopt", "free"
@@ -60,7 +61,7 @@ class _Run:
         self.item_len = 8  # tokens per item, estimated from item 1
         self.item_start = self.check_start = 0
         self.drawn = self.steps = 0
-        self.done = False
+        self.done = self.looped = False
 
     def answer(self) -> str:
         return "".join(s[1] if s[0] == "main" else self.items[s[1]].text for s in self.segments)
@@ -104,7 +105,7 @@ class _Run:
         return {"method": "pattern", "model": self.model, "text": text, "stored": text, "tokens": self.drawn,
                 "steps": self.steps, "threads": len(self.items), "wall_time": wall,
                 "theoretical_speedup": seq / self.steps, "parallelism": self.drawn / self.steps,
-                "finish_reason": "stop" if self.done else "length", "repairs": []}
+                "finish_reason": "loop" if self.looped else "stop" if self.done else "length", "repairs": []}
 
     def _draw(self, rows, who) -> list[int]:
         self.drawn += len(who)
@@ -120,6 +121,10 @@ class _Run:
             return []
         self.segments[-1][1] += self.main.detok.push(token)
         text = self.answer()
+        if self.opts.stop_loops and loops(text):  # Options.stop_loops, as the engine's methods do
+            self.done, self.looped = True, True
+            self._drop_items()
+            return []
         if self.phase == SEEK:
             m = _LIST_START.search(text)
             if m:

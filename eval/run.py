@@ -46,6 +46,8 @@ class EvalArguments:
     # Decoding
     max_new_tokens: int = 256
     max_threads: int = 8
+    stop_loops: bool = field(default=False, metadata={"help": "end a thread that falls into a loop, for every method "
+                                                              "alike (Options.stop_loops)"})
     dtype: str | None = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16"})
     device: str | None = None
     # Judge
@@ -120,7 +122,7 @@ class Generations:
 
 def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[int, int] | None = None):
     options = Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
-                      max_threads=args.max_threads)
+                      max_threads=args.max_threads, stop_loops=args.stop_loops)
     engines: dict[str, Engine] = {}
     generations = {}
     for method, label, path in plan(args):

@@ -40,6 +40,8 @@ class CheckArguments:
     max_new_tokens: int = field(default=384, metadata={"help": "token budget of one answer, all threads together"})
     guard_tags: bool = field(default=True, metadata={
         "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
+    stop_loops: bool = field(default=False, metadata={
+        "help": "end a thread whose text falls into a loop (Options.stop_loops): counted as loops_stopped"})
     out: str | None = field(default=None, metadata={"help": "where to write the answers and summary"})
 
 
@@ -77,7 +79,7 @@ def check(args: CheckArguments) -> dict:
     engine = Engine(model, tokenizer)
     answers = []
     started = time.perf_counter()
-    options = Options(max_new_tokens=args.max_new_tokens, guard_tags=args.guard_tags)
+    options = Options(max_new_tokens=args.max_new_tokens, guard_tags=args.guard_tags, stop_loops=args.stop_loops)
     for i, row in enumerate(rows):
         result = engine.generate(row["messages"], mode="pasta", options=options)
         try:
@@ -98,10 +100,12 @@ def check(args: CheckArguments) -> dict:
         "prompts_with_reference_blocks": len(with_blocks),
         "promise_share": round(sum(a["threads"] > 0 for a in with_blocks) / len(with_blocks), 4)
         if with_blocks else None,
-        "guard_tags": args.guard_tags, "steered_answers": sum(a["steered"] > 0 for a in answers),
+        "guard_tags": args.guard_tags, "stop_loops": args.stop_loops,
+        "steered_answers": sum(a["steered"] > 0 for a in answers),
         "looping_answers": sum(a["repetition"] > LOOPING for a in answers),
         "mean_theoretical_speedup": round(sum(a["theoretical_speedup"] for a in answers) / len(answers), 4),
         "cut_at_max_new_tokens": sum(a["finish_reason"] == "length" for a in answers),
+        "loops_stopped": sum(a["finish_reason"] == "loop" or any("looped" in r for r in a["repairs"]) for a in answers),
         # a cut answer's blocks ran to the budget: its speedup says how long they ran, not how fast the model is
         "mean_theoretical_speedup_finished": round(sum(a["theoretical_speedup"] for a in finished) / len(finished), 4)
         if finished else None,

@@ -48,6 +48,8 @@ class PrefOptArguments:
     repaired: str = field(default="worst", metadata={
         "help": "answers whose tags needed repair: worst (can be rejected, never chosen) or skip (left out of the "
                 "pairs)", "choices": ["worst", "skip"]})
+    stop_loops: bool = field(default=False, metadata={
+        "help": "samples: end a thread that falls into a loop (it counts as broken, and costs no more budget)"})
     judge_args: list[str] = field(default_factory=list, metadata={
         "help": "more flags for python -m eval.pairs, e.g. --judge_model gpt-4o --judge_base_url URL"})
     alpha: float = field(default=0.2, metadata={"help": "weight of the SFT term on the best answer"})
@@ -164,7 +166,7 @@ def sample_pairs(policy: str, out: Path, lambdas: list[float], args: PrefOptArgu
     command = [sys.executable, "-m", "eval.pairs", "--run_dir", args.run_dir, "--policy", policy, "--out", str(out),
                "--samples", str(args.samples), "--num_prompts", str(args.num_prompts), "--temperature",
                str(args.temperature), "--top_p", str(args.top_p), "--max_new_tokens", str(args.max_new_tokens),
-               "--judge", args.judge, "--repaired", args.repaired,
+               "--judge", args.judge, "--repaired", args.repaired, "--stop_loops", str(args.stop_loops),
                "--lambdas", *[lam_name(x) for x in lambdas], *args.judge_args]
     print("prefopt: " + " ".join(command), file=sys.stderr, flush=True)
     subprocess.run(command, check=True)

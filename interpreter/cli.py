@@ -50,7 +50,7 @@ def _options(args):
 
     return Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
                    max_threads=args.max_threads, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                   seed=args.seed, stop=tuple(args.stop or ()))
+                   seed=args.seed, stop=tuple(args.stop or ()), stop_loops=args.stop_loops)
 
 
 def _generate(args) -> int:
@@ -120,6 +120,8 @@ def _decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", help="stop string for the main thread (repeatable)")
+    p.add_argument("--stop-loops", action="store_true", help="end a thread whose text falls into a loop "
+                   "(its last 48 words repeat themselves); small models loop under greedy decoding")
 
 
 def build_parser() -> argparse.ArgumentParser:

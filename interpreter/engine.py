@@ -23,6 +23,7 @@ from .detok import Detokenizer
 from .guard import TagGuard
 from .layout import MAIN, SlotCounter, ThreadLayout, bits_to_rows, encode, pieces, prompt_ids, turn_end_id
 from .parser import parse
+from .repetition import loops
 from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text
 
 RUNNING, QUEUED, CLOSING, WAITING, DONE = "running", "queued", "closing", "waiting", "done"
@@ -41,6 +42,7 @@ class Options:
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings, matched in the main thread's text
     guard_tags: bool = True  # pasta mode: redraw a token that would write an invalid tag (interpreter.guard)
+    stop_loops: bool = False  # end a thread whose text loops (interpreter.repetition.loops): main with "loop"
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Result:
     text: str  # what the user reads
     stored: str  # the stored form, tags in place
     mode: str
-    finish_reason: str  # "stop", "length" or "cancelled"
+    finish_reason: str  # "stop", "length", "cancelled" or "loop" (main repeated itself; Options.stop_loops)
     prompt_tokens: int
     tokens: int  # every token drawn (the end token included) plus forced openings
     thread_tokens: list[int]  # drawn tokens per thread, main first
@@ -266,6 +268,8 @@ class Engine:
         this engine's sequential mode. Results carry no per-request timing (wall_time is the
         batch's share)."""
         opts = options or Options()
+        if opts.stop_loops:
+            raise ValueError("generate_batch cannot stop loops (model.generate decodes it); use generate")
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.end_ids)
         sampling = dict(do_sample=opts.temperature > 0)
@@ -490,6 +494,10 @@ class _Run:
         if not text:
             return
         main.items.append(("text", text))
+        if self.opts.stop_loops and main.state != DONE and loops(main.text()):
+            self.finish = "loop"
+            self._end_main()
+            return
         if self.opts.stop:
             so_far = main.text()
             hits = [so_far.find(s) for s in self.opts.stop if s in so_far]
@@ -547,6 +555,8 @@ class _Run:
                 self._drop(block, f"block {block.tid}: dropped {ev.raw[:40]!r} (no nesting in async blocks)")
         if block.state == RUNNING and block.drawn >= self.opts.max_thread_tokens:
             self._cut_block(block, f"reached {self.opts.max_thread_tokens} tokens without </async>")
+        elif block.state == RUNNING and self.opts.stop_loops and loops(block.text()):
+            self._cut_block(block, "looped")
 
     def _cut_block(self, block: Thread, why: str) -> None:
         for ev in block.lexer.feed(block.detok.flush()) + block.lexer.close():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 LOOPING = 0.35  # a share of repeated 4-grams above this is a loop (datasets, best-of-N samples, held-out checks)
+LOOP_WINDOW = 48  # words: the tail of a thread being decoded that `loops` looks at
 
 
 def repetition(text: str) -> float:
@@ -15,3 +16,10 @@ def repetition(text: str) -> float:
     words = re.sub(r"\d+", "#", text).split()
     grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
     return 1 - len(set(grams)) / len(grams) if len(grams) >= 16 else 0.0
+
+
+def loops(text: str) -> bool:
+    """Whether a text being decoded has fallen into a loop: its last LOOP_WINDOW words repeat their
+    4-grams above LOOPING (about two rounds of a repeated sentence). Shorter texts never loop."""
+    words = text[-LOOP_WINDOW * 24:].split()[-LOOP_WINDOW:]
+    return len(words) == LOOP_WINDOW and repetition(" ".join(words)) > LOOPING

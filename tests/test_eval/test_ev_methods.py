@@ -53,3 +53,14 @@ def test_pattern_adopts_item_threads_while_the_model_continues_the_list(engine):
     assert r["text"] == "Intro:\n1. a b\n2. c d\n3. x y\n4. z\n\nEnd"
     assert r["threads"] >= 2 and r["finish_reason"] == "stop"
     assert r["steps"] < len(encode(tok, r["text"]))  # items 3 and 4 were written in parallel
+
+
+def test_pattern_stops_a_looping_answer_like_the_engine_does(engine):
+    tok = engine.tokenizer
+    loop = "Intro. " + "the cat sat on the mat and then " * 14
+    source = Script(encode(tok, loop), [], turn_end_id(tok))
+    free = PatternDecoder(engine, "tiny", Options(max_new_tokens=400), source=source).answer("Q")
+    stopped = PatternDecoder(engine, "tiny", Options(max_new_tokens=400, stop_loops=True), source=source).answer("Q")
+    assert free["finish_reason"] == "stop" and free["text"] == loop
+    assert stopped["finish_reason"] == "loop" and loop.startswith(stopped["text"])
+    assert stopped["tokens"] < free["tokens"] / 2

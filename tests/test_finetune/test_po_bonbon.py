@@ -73,6 +73,8 @@ def test_pairs_are_sampled_judged_and_cached(run):
            {(r["id"], r["score_seed"]): r["stored"] for r in map(json.loads, lines[5:])}
     make_pairs(dataclasses.replace(args, temperature=0.5))  # other settings: samples drawn anew, none reused
     assert len(cache.read_text().splitlines()) == 18
+    make_pairs(dataclasses.replace(args, stop_loops=True))  # so does stopping loops
+    assert len(cache.read_text().splitlines()) == 27
 
 
 def _margin(model, tok, rows):

@@ -1,0 +1,61 @@
+"""Options.stop_loops: a thread that falls into a loop ends there instead of spending the budget on it."""
+
+import pytest
+from tiny import bpe_tokenizer, tiny_model
+
+from interpreter import Engine, Options, Script, encode, parse, strip, turn_end_id
+from interpreter.repetition import loops
+
+P = '<promise topic="{}" tokens="5"/>'
+LOOP = "the cat sat on the mat and then " * 14  # a sentence over and over, as a greedy small model writes
+PROSE = ("Bread needs flour, water, salt and yeast. Mix them, knead the dough for ten minutes, and let it rise "
+         "until doubled. Shape a loaf, proof it again, then bake in a hot oven until the crust is brown and the "
+         "bottom sounds hollow. Cool it on a rack before slicing, so the crumb can set; warm bread tears. Store "
+         "it in paper, not plastic, to keep the crust crisp.")  # 70 words, no 4-gram twice
+
+
+def run(engine, main: str, blocks: list[str] = (), mode="pasta", **options):
+    tok = engine.tokenizer
+    script = Script(encode(tok, main), [encode(tok, b) for b in blocks], turn_end_id(tok))
+    result = engine.generate(engine.prompt_ids("Q"), mode=mode, source=script,
+                             options=Options(max_new_tokens=2000, max_thread_tokens=2000, **options))
+    assert parse(result.stored).stripped == result.text == strip(result.stored)
+    return result
+
+
+@pytest.fixture(scope="module")
+def engine():
+    tok = bpe_tokenizer()
+    return Engine(tiny_model("llama", len(tok)), tok)
+
+
+def test_loops_needs_a_full_window_of_repeats():
+    assert loops(LOOP) and not loops(PROSE)
+    assert not loops("the cat sat on the mat " * 5)  # 30 words: too short to call
+
+
+@pytest.mark.parametrize("mode", ["pasta", "sequential"])
+def test_a_looping_answer_ends_with_finish_reason_loop(engine, mode):
+    free = run(engine, "Intro. " + LOOP, mode=mode)
+    stopped = run(engine, "Intro. " + LOOP, mode=mode, stop_loops=True)
+    assert free.finish_reason == "stop" and free.text == "Intro. " + LOOP
+    assert stopped.finish_reason == "loop"
+    assert free.text.startswith(stopped.text) and len(stopped.text.split()) < 60  # caught within about two rounds
+    assert stopped.thread_tokens[0] < free.thread_tokens[0] / 2
+
+
+def test_text_that_does_not_loop_is_untouched(engine):
+    r = run(engine, PROSE, stop_loops=True)
+    assert r.finish_reason == "stop" and r.text == PROSE and r.repairs == []
+
+
+def test_a_looping_block_is_closed_and_main_goes_on(engine):
+    r = run(engine, f"A{P.format('x')}B<sync/>C", [LOOP + "</async>"], stop_loops=True)
+    assert r.finish_reason == "stop" and r.text.startswith("A") and r.text.endswith("BC")
+    assert any("looped" in x for x in r.repairs)
+    assert r.thread_tokens[1] < len(encode(engine.tokenizer, LOOP)) / 2
+
+
+def test_generate_batch_refuses_to_silently_ignore_it(engine):
+    with pytest.raises(ValueError, match="cannot stop loops"):
+        engine.generate_batch(["Q"], Options(stop_loops=True))
