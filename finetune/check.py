@@ -5,7 +5,8 @@ of answers that needed no repair, the share of prompts whose reference answer ha
 at least one promise, and the mean theoretical speedup of the answers (`interpreter.measure`).
 With the tag guard on (the default, as in eval), a draw that would write an invalid tag is
 redrawn, and the summary counts the answers it steered; --guard_tags false shows the model's raw
-tags. Answers cut by the budget and answers that loop are counted apart: both inflate the speedup.
+tags. Answers cut by the budget and answers that loop are counted apart: both inflate the speedup
+(--stop_loops true ends a loop where it starts); "finished" answers are those the model ended itself.
 Writes every answer and the summary to --out (default <model>/check.json).
 
   python -m finetune.check --model runs/demo/models/pasta-sft
@@ -93,7 +94,8 @@ def check(args: CheckArguments) -> dict:
         print(f"{i + 1}/{len(rows)} threads={result.threads} repairs={len(result.repairs)} speedup={speedup:.2f}",
               file=sys.stderr, flush=True)
     with_blocks = [a for a in answers if a["reference_blocks"]]  # None: a --prompts row has no reference
-    finished = [a for a in answers if a["finish_reason"] == "stop"]
+    stopped = [a for a in answers if a["finish_reason"] == "loop" or any("looped" in r for r in a["repairs"])]
+    finished = [a for a in answers if a["finish_reason"] == "stop" and a not in stopped]  # the model ended them
     summary = {
         "model": args.model, "dataset": where, "split": args.prompts or args.split, "answers": len(answers),
         "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
@@ -105,7 +107,7 @@ def check(args: CheckArguments) -> dict:
         "looping_answers": sum(a["repetition"] > LOOPING for a in answers),
         "mean_theoretical_speedup": round(sum(a["theoretical_speedup"] for a in answers) / len(answers), 4),
         "cut_at_max_new_tokens": sum(a["finish_reason"] == "length" for a in answers),
-        "loops_stopped": sum(a["finish_reason"] == "loop" or any("looped" in r for r in a["repairs"]) for a in answers),
+        "loops_stopped": len(stopped),
         # a cut answer's blocks ran to the budget: its speedup says how long they ran, not how fast the model is
         "mean_theoretical_speedup_finished": round(sum(a["theoretical_speedup"] for a in finished) / len(finished), 4)
         if finished else None,
