@@ -138,7 +138,7 @@ def main(args: PairsArguments) -> dict:
                 seed=args.seed * 100003 + j, stop_loops=args.stop_loops) for j in chunk])
             rows = [{"id": p["id"], "score_seed": j, "policy": policy, "settings": settings, "messages": p["messages"],
                      "stored": r.stored, "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs),
-                     "finish_reason": r.finish_reason, "threads": r.threads,
+                     "looped": r.looped, "threads": r.threads,
                      "speedup": measure(r.stored, tok).theoretical_speedup}
                     for j, r in zip(chunk, results)]
             append_rows(cache_file, rows)
@@ -152,7 +152,7 @@ def main(args: PairsArguments) -> dict:
                     for r in tqdm(rows, desc="judging", file=sys.stderr)]
     for r, v in zip(rows, verdicts):
         r["quality"] = v["preference"]
-        r["looping"] = r.get("finish_reason") == "loop" or repetition(r["text"]) > args.max_repetition
+        r["looping"] = r.get("looped", 0) > 0 or repetition(r["text"]) > args.max_repetition
         samples.setdefault(r["id"], []).append(r)
     summary = {"policy": policy, "judge": judge.label, "prompts": len(prompts), "samples": len(rows),
                "mean_speedup": sum(r["speedup"] for r in rows) / len(rows),

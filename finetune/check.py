@@ -89,13 +89,13 @@ def check(args: CheckArguments) -> dict:
             speedup, result.repairs = 1.0, [*result.repairs, f"stored form does not parse: {err}"]
         answers.append({"id": row.get("id", i), "reference_blocks": reference_blocks(row), "threads": result.threads,
                         "repetition": round(repetition(result.text), 4),
-                        "repairs": result.repairs, "steered": result.steered, "finish_reason": result.finish_reason,
+                        "repairs": result.repairs, "steered": result.steered, "looped": result.looped,
+                        "finish_reason": result.finish_reason,
                         "theoretical_speedup": round(speedup, 4), "stored": result.stored})
         print(f"{i + 1}/{len(rows)} threads={result.threads} repairs={len(result.repairs)} speedup={speedup:.2f}",
               file=sys.stderr, flush=True)
     with_blocks = [a for a in answers if a["reference_blocks"]]  # None: a --prompts row has no reference
-    stopped = [a for a in answers if a["finish_reason"] == "loop" or any("looped" in r for r in a["repairs"])]
-    finished = [a for a in answers if a["finish_reason"] == "stop" and a not in stopped]  # the model ended them
+    finished = [a for a in answers if a["finish_reason"] == "stop" and not a["looped"]]  # the model ended them
     summary = {
         "model": args.model, "dataset": where, "split": args.prompts or args.split, "answers": len(answers),
         "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
@@ -107,7 +107,7 @@ def check(args: CheckArguments) -> dict:
         "looping_answers": sum(a["repetition"] > LOOPING for a in answers),
         "mean_theoretical_speedup": round(sum(a["theoretical_speedup"] for a in answers) / len(answers), 4),
         "cut_at_max_new_tokens": sum(a["finish_reason"] == "length" for a in answers),
-        "loops_stopped": len(stopped),
+        "loops_stopped": sum(a["looped"] > 0 for a in answers),
         # a cut answer's blocks ran to the budget: its speedup says how long they ran, not how fast the model is
         "mean_theoretical_speedup_finished": round(sum(a["theoretical_speedup"] for a in finished) / len(finished), 4)
         if finished else None,

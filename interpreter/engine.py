@@ -23,7 +23,7 @@ from .detok import Detokenizer
 from .guard import TagGuard
 from .layout import MAIN, SlotCounter, ThreadLayout, bits_to_rows, encode, pieces, prompt_ids, turn_end_id
 from .parser import parse
-from .repetition import loops
+from .repetition import LOOP_TAIL, loops
 from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text
 
 RUNNING, QUEUED, CLOSING, WAITING, DONE = "running", "queued", "closing", "waiting", "done"
@@ -60,6 +60,7 @@ class Result:
     prefill_time: float
     repairs: list[str] = field(default_factory=list)
     steered: int = 0  # draws the tag guard replaced
+    looped: int = 0  # threads ended in a loop (Options.stop_loops), main included
     logits: list[tuple[int, torch.Tensor]] | None = None  # (thread, logits row) per draw, if recorded
 
     @property
@@ -71,7 +72,7 @@ class Result:
                 "prompt_tokens": self.prompt_tokens, "tokens": self.tokens, "thread_tokens": self.thread_tokens,
                 "steps": self.steps, "threads": self.threads, "wall_time": round(self.wall_time, 4),
                 "prefill_time": round(self.prefill_time, 4), "repairs": self.repairs,
-                "steered": self.steered}
+                "steered": self.steered, "looped": self.looped}
 
 
 class Thread:
@@ -90,6 +91,18 @@ class Thread:
 
     def text(self) -> str:
         return "".join(i[1] for i in self.items if i[0] == "text")
+
+    def tail(self, chars: int) -> str:
+        """At least the last `chars` characters of text() (all of it if shorter), without joining it all:
+        the loop check runs on every token."""
+        out, n = [], 0
+        for item in reversed(self.items):
+            if item[0] == "text":
+                out.append(item[1])
+                n += len(item[1])
+                if n >= chars:
+                    break
+        return "".join(reversed(out))
 
 
 class Sampler:
@@ -325,6 +338,7 @@ class _Run:
         guarded = mode == "pasta" and opts.guard_tags and isinstance(self.source, Sampler)  # never a replay
         self.guard = engine.guard if guarded else None
         self.steered = 0
+        self.looped = 0
         self.cache = cache if cache is not None else new_cache(engine.model)
         self.layout = ThreadLayout(counter)  # a counter shared with other answers: one cache for all
         self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
@@ -494,8 +508,8 @@ class _Run:
         if not text:
             return
         main.items.append(("text", text))
-        if self.opts.stop_loops and main.state != DONE and loops(main.text()):
-            self.finish = "loop"
+        if self.opts.stop_loops and main.state != DONE and loops(main.tail(LOOP_TAIL)):
+            self.finish, self.looped = "loop", self.looped + 1
             self._end_main()
             return
         if self.opts.stop:
@@ -555,7 +569,8 @@ class _Run:
                 self._drop(block, f"block {block.tid}: dropped {ev.raw[:40]!r} (no nesting in async blocks)")
         if block.state == RUNNING and block.drawn >= self.opts.max_thread_tokens:
             self._cut_block(block, f"reached {self.opts.max_thread_tokens} tokens without </async>")
-        elif block.state == RUNNING and self.opts.stop_loops and loops(block.text()):
+        elif block.state == RUNNING and self.opts.stop_loops and loops(block.tail(LOOP_TAIL)):
+            self.looped += 1
             self._cut_block(block, "looped")
 
     def _cut_block(self, block: Thread, why: str) -> None:
@@ -632,4 +647,4 @@ class _Run:
             tokens=self.total + self.forced,
             thread_tokens=[t.drawn for t in threads], steps=self.steps, threads=len(self.blocks),
             wall_time=wall, prefill_time=self.prefill_time, repairs=self.repairs, steered=self.steered,
-            logits=self.logits)
+            looped=self.looped, logits=self.logits)

@@ -9,6 +9,7 @@ import re
 
 LOOPING = 0.35  # a share of repeated 4-grams above this is a loop (datasets, best-of-N samples, held-out checks)
 LOOP_WINDOW = 48  # words: the tail of a thread being decoded that `loops` looks at
+LOOP_TAIL = LOOP_WINDOW * 24  # characters: enough to hold LOOP_WINDOW words
 
 
 def repetition(text: str) -> float:
@@ -21,5 +22,5 @@ def repetition(text: str) -> float:
 def loops(text: str) -> bool:
     """Whether a text being decoded has fallen into a loop: its last LOOP_WINDOW words repeat their
     4-grams above LOOPING (about two rounds of a repeated sentence). Shorter texts never loop."""
-    words = text[-LOOP_WINDOW * 24:].split()[-LOOP_WINDOW:]
+    words = text[-LOOP_TAIL:].split()[-LOOP_WINDOW:]
     return len(words) == LOOP_WINDOW and repetition(" ".join(words)) > LOOPING
