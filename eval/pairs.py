@@ -3,8 +3,9 @@
 For each training prompt, N answers are sampled from the current PASTA model through the
 interpreter; each is scored as theoretical speedup + λ·quality, quality being a judge's
 preference for it over the dataset's reference answer (the openai judge, or the offline proxy).
-A broken answer (its tags needed repair, or it loops) never counts as best. For every λ the best
-and the worst answer of a prompt form a pair; `python -m finetune.prefopt` trains on them.
+An answer the sampling budget ended is left out, and a broken one (its tags needed repair, or it
+loops) never counts as best. For every λ the best and the worst answer of a prompt form a pair;
+`python -m finetune.prefopt` trains on them.
 
 python -m eval.pairs --policy runs/demo/models/pasta-sft --out runs/demo/prefopt/round-1 --lambdas 1 inf
 """
@@ -38,13 +39,13 @@ class PairsArguments:
     batch: int = field(default=10, metadata={"help": "answers of one prompt decoded together in one shared cache"})
     temperature: float = 0.8
     top_p: float = 0.95
-    max_new_tokens: int = 256
+    max_new_tokens: int = field(default=256, metadata={
+        "help": "a sample's budget, every thread together; answers it ends are left out of the pairs"})
     lambdas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, math.inf],
                                  metadata={"help": "λ in speedup + λ·quality; inf ranks by quality alone"})
     repaired: str = field(default="worst", metadata={
-        "help": "answers whose tags needed repair: worst (rejected before any clean one, never chosen) or skip "
-                "(left out: when most repairs are blocks cut by the sampling budget, rejecting them teaches the "
-                "model not to fork)", "choices": ["worst", "skip"]})
+        "help": "answers whose tags needed repair (answers the budget ended are left out anyway): worst (rejected "
+                "before any clean one, never chosen) or skip (left out too)", "choices": ["worst", "skip"]})
     max_repetition: float = field(default=LOOPING, metadata={
         "help": "an answer whose share of repeated word 4-grams is above this counts as broken, like a repaired one "
                 "(the dataset filter's rule: the proxy judge's likelihood rates loops well and long looping blocks "
@@ -76,6 +77,13 @@ def load_prompts(args: PairsArguments) -> list[dict]:
     return rows[: args.num_prompts]
 
 
+def cut(sample: dict) -> bool:
+    """The budget ended it: left out of the pairs, forked or not. Unfinished, it cannot be judged fairly, and
+    the budget counts every thread's tokens with each fork's tags: ranking cut answers as broken, or leaving
+    out only those whose blocks it cut (the unforked ones stayed in), taught the model not to fork."""
+    return sample.get("finish_reason") == "length"
+
+
 def broken(sample: dict) -> bool:
     """Tags that needed repair, or an answer that loops: never the best of its group."""
     return sample["repaired"] or sample.get("looping", False)
@@ -91,10 +99,11 @@ def score(sample: dict, lam: float) -> float:
 
 
 def pairs_for(samples: dict[str, list[dict]], lam: float, repaired: str = "worst") -> list[dict]:
-    """Best and worst answer of each prompt. `repaired`: "worst" ranks broken answers (see `broken`)
-    below every clean one (they can be rejected, never chosen); "skip" leaves them out of the pairs."""
+    """Best and worst answer of each prompt, cut answers left out. `repaired`: "worst" ranks broken answers
+    (see `broken`) below every clean one (they can be rejected, never chosen); "skip" leaves them out too."""
     out = []
     for prompt_id, group in samples.items():
+        group = [s for s in group if not cut(s)]
         if repaired == "skip":
             group = [s for s in group if not broken(s)]
         if len(group) < 2:
@@ -138,7 +147,7 @@ def main(args: PairsArguments) -> dict:
                 seed=args.seed * 100003 + j, stop_loops=args.stop_loops) for j in chunk])
             rows = [{"id": p["id"], "score_seed": j, "policy": policy, "settings": settings, "messages": p["messages"],
                      "stored": r.stored, "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs),
-                     "looped": r.looped, "threads": r.threads,
+                     "finish_reason": r.finish_reason, "looped": r.looped, "threads": r.threads,
                      "speedup": measure(r.stored, tok).theoretical_speedup}
                     for j, r in zip(chunk, results)]
             append_rows(cache_file, rows)
@@ -157,6 +166,7 @@ def main(args: PairsArguments) -> dict:
     summary = {"policy": policy, "judge": judge.label, "prompts": len(prompts), "samples": len(rows),
                "mean_speedup": sum(r["speedup"] for r in rows) / len(rows),
                "mean_quality": sum(r["quality"] for r in rows) / len(rows),
+               "cut_share": sum(map(cut, rows)) / len(rows),
                "repaired_share": sum(r["repaired"] for r in rows) / len(rows),
                "looping_share": sum(r["looping"] for r in rows) / len(rows), "lambdas": {}}
     for lam in [float(x) for x in args.lambdas]:  # a recipe's "inf" arrives as text

@@ -43,11 +43,12 @@ class PrefOptArguments:
     num_prompts: int = field(default=32, metadata={"help": "training prompts sampled per round"})
     temperature: float = 0.8
     top_p: float = 0.95
-    max_new_tokens: int = 256
+    max_new_tokens: int = field(default=256, metadata={
+        "help": "a sample's budget, every thread together; answers it ends are left out of the pairs"})
     judge: str = field(default="proxy", metadata={"help": "proxy (offline) or openai, as in eval"})
     repaired: str = field(default="worst", metadata={
-        "help": "answers whose tags needed repair: worst (can be rejected, never chosen) or skip (left out of the "
-                "pairs)", "choices": ["worst", "skip"]})
+        "help": "answers whose tags needed repair (answers the budget ended are left out anyway): worst (can be "
+                "rejected, never chosen) or skip (left out of the pairs)", "choices": ["worst", "skip"]})
     stop_loops: bool = field(default=False, metadata={
         "help": "samples: end a thread that falls into a loop (it counts as broken, and costs no more budget)"})
     judge_args: list[str] = field(default_factory=list, metadata={

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tiny import bpe_tokenizer, tiny_model
+from tiny import bpe_tokenizer, memorize, tiny_model
 from transformers import TrainingArguments
 from trl import ModelConfig
 
@@ -38,17 +38,29 @@ def test_best_and_worst_by_speedup_plus_lambda_quality():
     assert pairs_for(looping, 1.0, repaired="skip") == []
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("po")
+def test_answers_the_budget_ended_are_left_out_forked_or_not():
+    group = {"p": [sample(1.0, 0.2, stored="slow"), sample(1.3, 0.4, stored="fast"),
+                   {**sample(1.0, 0.0, stored="cut plain"), "finish_reason": "length"},
+                   {**sample(1.9, 0.1, True, "cut forked"), "finish_reason": "length"}]}
+    for repaired in ("worst", "skip"):
+        assert [(p["chosen"], p["rejected"]) for p in pairs_for(group, 0.25, repaired)] == [("fast", "slow")]
+
+
+def make_run(root, model):
+    """A run folder: the policy as models/pasta-sft and three training prompts."""
     tok = bpe_tokenizer()
-    tiny_model("llama", len(tok)).save_pretrained(root / "models" / "pasta-sft")
+    model.save_pretrained(root / "models" / "pasta-sft")
     tok.save_pretrained(root / "models" / "pasta-sft")
     (root / "dataset").mkdir()
     (root / "dataset" / "train.jsonl").write_text("\n".join(
         json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": f"List {i} things"}], "stripped": SLOW})
         for i in range(3)))
     return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("po"), tiny_model("llama", len(bpe_tokenizer())))
 
 
 def test_pairs_are_sampled_judged_and_cached(run):
@@ -105,9 +117,11 @@ def test_training_on_pairs_moves_the_model_towards_the_chosen_answers(run, tmp_p
 
 
 @pytest.mark.slow
-def test_two_rounds_two_lambdas(run, tmp_path):
-    args = PrefOptArguments(run_dir=str(run), rounds=2, lambdas=[1.0, math.inf], samples=2, num_prompts=2,
-                            max_new_tokens=8, judge_args=["--proxy_reference", str(run / "models" / "pasta-sft")])
+def test_two_rounds_two_lambdas(tmp_path):
+    # a policy half-trained on FAST ends its answers in varied ways (a random one runs to the budget: left out)
+    run = make_run(tmp_path, memorize(tiny_model("llama", len(bpe_tokenizer())), bpe_tokenizer(), Q, FAST, steps=80))
+    args = PrefOptArguments(run_dir=str(run), rounds=2, lambdas=[1.0, math.inf], samples=3, num_prompts=2,
+                            max_new_tokens=48, judge_args=["--proxy_reference", str(run / "models" / "pasta-sft")])
     training = TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=1, per_device_train_batch_size=2,
                                  report_to="none", save_strategy="no", use_cpu=True)
     run_rounds(args, training, ModelConfig())
