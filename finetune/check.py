@@ -44,6 +44,9 @@ class CheckArguments:
     stop_loops: bool = field(default=False, metadata={
         "help": "end a thread whose text falls into a loop (Options.stop_loops): counted as loops_stopped"})
     out: str | None = field(default=None, metadata={"help": "where to write the answers and summary"})
+    against: str | None = field(default=None, metadata={
+        "help": "an earlier check's JSON on the same prompts (e.g. the SFT model's): the summary adds the paired "
+                "difference in theoretical speedup with a bootstrap 95% interval"})
 
 
 def reference_blocks(row: dict) -> int:
@@ -63,6 +66,29 @@ def held_out_prompts(args: CheckArguments, dataset) -> list[dict]:
                              "blocks": None})
     random.Random(0).shuffle(rows)
     return rows[:args.limit] if args.limit else rows
+
+
+def paired_difference(answers: list[dict], before: list[dict], draws: int = 2000) -> dict:
+    """Theoretical speedup of `answers` minus `before`'s on the prompts both hold: the mean, a bootstrap 95%
+    interval over prompts, and the same over the prompts both models ended themselves. Greedy answers of
+    models this close differ on a few prompts, so a mean over 10-30 prompts alone says little."""
+    mine = {a["id"]: a for a in answers}
+    pairs = [(mine[b["id"]], b) for b in before if b["id"] in mine]
+    if not pairs:
+        raise ValueError("--against: no prompt in common with this check")
+
+    def stats(subset):
+        diffs = [a["theoretical_speedup"] - b["theoretical_speedup"] for a, b in subset]
+        if not diffs:
+            return None
+        rng = random.Random(0)
+        means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(draws))
+        return {"prompts": len(diffs), "mean": round(sum(diffs) / len(diffs), 4),
+                "ci95": [round(means[int(0.025 * draws)], 4), round(means[int(0.975 * draws) - 1], 4)],
+                "higher": sum(d > 0 for d in diffs), "lower": sum(d < 0 for d in diffs)}
+
+    ended = [(a, b) for a, b in pairs if all(x["finish_reason"] == "stop" and not x["looped"] for x in (a, b))]
+    return {"all": stats(pairs), "finished_both": stats(ended)}
 
 
 def check(args: CheckArguments) -> dict:
@@ -112,6 +138,9 @@ def check(args: CheckArguments) -> dict:
         "mean_theoretical_speedup_finished": round(sum(a["theoretical_speedup"] for a in finished) / len(finished), 4)
         if finished else None,
         "max_new_tokens": args.max_new_tokens, "wall_time_s": round(time.perf_counter() - started, 1)}
+    if args.against:
+        before = json.loads(Path(args.against).read_text(encoding="utf-8"))["answers"]
+        summary["against"] = {"file": args.against, **paired_difference(answers, before)}
     out = Path(args.out or Path(args.model) / "check.json")
     out.write_text(json.dumps({"summary": summary, "answers": answers}, indent=1, ensure_ascii=False) + "\n")
     return summary

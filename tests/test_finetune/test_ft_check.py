@@ -49,3 +49,18 @@ def test_held_out_prompts_leave_out_what_the_dataset_holds(run, tmp_path):
     assert sorted(a["id"] for a in answers) == ["seeds-1", "seeds-2"]
     with pytest.raises(ValueError, match="no prompt left outside"):
         check(CheckArguments(model=str(run / "model"), run_dir=str(run), prompts=str(seeds), categories=["code"]))
+
+
+def test_against_an_earlier_check_gives_the_paired_difference(run, tmp_path):
+    model, before = str(run / "model"), tmp_path / "before.json"
+    check(CheckArguments(model=model, run_dir=str(run), max_new_tokens=6, out=str(before)))
+    same = check(CheckArguments(model=model, run_dir=str(run), max_new_tokens=6, against=str(before)))
+    assert same["against"]["all"]["mean"] == 0 and same["against"]["all"]["prompts"] == 4  # greedy: same answers
+    doc = json.loads(before.read_text())
+    doc["answers"] = [{**a, "theoretical_speedup": a["theoretical_speedup"] - 0.5, "finish_reason": "stop",
+                       "looped": 0} for a in doc["answers"][:3]]
+    slower = tmp_path / "slower.json"
+    slower.write_text(json.dumps(doc))
+    diff = check(CheckArguments(model=model, run_dir=str(run), max_new_tokens=6, against=str(slower)))["against"]
+    assert diff["all"]["prompts"] == 3 and diff["all"]["mean"] == 0.5 and diff["all"]["ci95"] == [0.5, 0.5]
+    assert diff["all"]["higher"] == 3
