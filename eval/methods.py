@@ -94,8 +94,7 @@ class SkeletonOfThought:
             messages = [{"role": "user", "content": EXPAND_PROMPT.format(question=instruction, skeleton=skeleton,
                                                                          index=n)}]
             prompts.append(prompt_ids(tok, messages) + encode(tok, f"{n}. {text}"))
-        expand_opts = Options(**{**self.options.__dict__, "max_new_tokens": per_point, "stop": ("\n",),
-                                 "stop_loops": False})  # a point ends at its line's end; model.generate decodes it
+        expand_opts = Options(**{**self.options.__dict__, "max_new_tokens": per_point, "stop": ("\n",)})
         expansions = e.generate_batch(prompts, expand_opts, batch_size=len(prompts))
         wall = time.perf_counter() - start
         text = "\n".join(f"{n}. {point}{x.text}" for (n, point), x in zip(points, expansions))

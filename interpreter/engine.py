@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from transformers import StoppingCriteria
 
 from .detok import Detokenizer
 from .guard import TagGuard
@@ -281,8 +282,6 @@ class Engine:
         this engine's sequential mode. Results carry no per-request timing (wall_time is the
         batch's share)."""
         opts = options or Options()
-        if opts.stop_loops:
-            raise ValueError("generate_batch cannot stop loops (model.generate decodes it); use generate")
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.end_ids)
         sampling = dict(do_sample=opts.temperature > 0)
@@ -297,20 +296,24 @@ class Engine:
             input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
             attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
             began = time.perf_counter()
+            loop_stop = _LoopStop(tok, width, self.end_ids) if opts.stop_loops else None
             out = self.model.generate(input_ids=input_ids, attention_mask=attention,
                                       max_new_tokens=opts.max_new_tokens, eos_token_id=sorted(self.end_ids),
-                                      pad_token_id=pad, **sampling)
+                                      pad_token_id=pad, stopping_criteria=[loop_stop] if loop_stop else None,
+                                      **sampling)
             share = (time.perf_counter() - began) / len(ids)
-            for prompt, row in zip(ids, out[:, width:].tolist()):
-                drawn = next((i + 1 for i, t in enumerate(row) if t in self.end_ids), None)
-                body = row[:drawn - 1] if drawn else row
+            for k, (prompt, row) in enumerate(zip(ids, out[:, width:].tolist())):
+                looped = loop_stop.stopped.get(k) if loop_stop else None
+                drawn = looped or next((i + 1 for i, t in enumerate(row) if t in self.end_ids), None)
+                body = row[:drawn] if looped else row[:drawn - 1] if drawn else row
                 text = self.tokenizer.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
                 for s in opts.stop:
                     text = text[:text.find(s)] if s in text else text
                 results.append(Result(text=text, stored=text, mode="sequential",
-                                      finish_reason="stop" if drawn else "length", prompt_tokens=len(prompt),
-                                      tokens=drawn or len(row), thread_tokens=[drawn or len(row)],
-                                      steps=drawn or len(row), threads=0, wall_time=share, prefill_time=0.0))
+                                      finish_reason="loop" if looped else "stop" if drawn else "length",
+                                      prompt_tokens=len(prompt), tokens=drawn or len(row),
+                                      thread_tokens=[drawn or len(row)], steps=drawn or len(row), threads=0,
+                                      wall_time=share, prefill_time=0.0, looped=int(bool(looped))))
         return results
 
     @torch.inference_mode()
@@ -325,6 +328,26 @@ class Engine:
             raise ValueError(f"mode must be 'pasta' or 'sequential', not {mode!r}")
         run = _Run(self, self.prompt_ids(prompt), mode, options or Options(), source, record_logits)
         yield from run.loop(cancel, watch)
+
+
+class _LoopStop(StoppingCriteria):
+    """Options.stop_loops for `model.generate`: a row ends at the token where its text starts to loop, as
+    the engine's main thread does. `stopped` maps row → tokens drawn by then."""
+
+    def __init__(self, tokenizer, prompt_width: int, end_ids: set[int]):
+        self.tok, self.width, self.end_ids = tokenizer, prompt_width, end_ids
+        self.stopped, self.ended = {}, set()
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        drawn = input_ids.shape[1] - self.width
+        for k, row in enumerate(input_ids[:, -min(drawn, LOOP_TAIL):].tolist()):  # LOOP_TAIL tokens ≥ its chars
+            if row[-1] in self.end_ids:
+                self.ended.add(k)
+            elif k not in self.ended and k not in self.stopped and \
+                    loops(self.tok.decode(row, skip_special_tokens=False)[-LOOP_TAIL:]):
+                self.stopped[k], done[k] = drawn, True
+        return done
 
 
 class _Run:

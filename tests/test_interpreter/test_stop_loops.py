@@ -1,7 +1,7 @@
 """Options.stop_loops: a thread that falls into a loop ends there instead of spending the budget on it."""
 
 import pytest
-from tiny import bpe_tokenizer, tiny_model
+from tiny import bpe_tokenizer, memorize, tiny_model
 
 from interpreter import Engine, Options, Script, encode, parse, strip, turn_end_id
 from interpreter.repetition import loops
@@ -56,6 +56,14 @@ def test_a_looping_block_is_closed_and_main_goes_on(engine):
     assert r.thread_tokens[1] < len(encode(engine.tokenizer, LOOP)) / 2
 
 
-def test_generate_batch_refuses_to_silently_ignore_it(engine):
-    with pytest.raises(ValueError, match="cannot stop loops"):
-        engine.generate_batch(["Q"], Options(stop_loops=True))
+def test_generate_batch_stops_a_row_where_sequential_decoding_does():
+    tok = bpe_tokenizer()
+    looping = Engine(memorize(tiny_model("llama", len(tok)), tok, "Q", "Intro. " + LOOP, steps=200), tok)
+    prompts = ["Q", "Bread?"]
+    opts = Options(max_new_tokens=200, stop_loops=True)
+    batch = looping.generate_batch(prompts, opts)
+    one = [looping.generate(p, mode="sequential", options=opts) for p in prompts]
+    assert [(r.text, r.finish_reason, r.looped) for r in batch] == [(r.text, r.finish_reason, r.looped) for r in one]
+    assert batch[0].finish_reason == "loop" and batch[0].text.startswith("Intro. the cat sat")
+    free = looping.generate_batch(prompts[:1], Options(max_new_tokens=200))[0]
+    assert free.finish_reason != "loop" and len(free.text) > len(batch[0].text)
