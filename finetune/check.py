@@ -7,6 +7,8 @@ With the tag guard on (the default, as in eval), a draw that would write an inva
 redrawn, and the summary counts the answers it steered; --guard_tags false shows the model's raw
 tags. Answers cut by the budget and answers that loop are counted apart: both inflate the speedup
 (--stop_loops true ends a loop where it starts); "finished" answers are those the model ended itself.
+--samples N --temperature T decodes N sampled answers per prompt instead of the greedy one, and
+--against an earlier check's JSON adds the paired difference in speedup (same prompts, same seeds).
 Writes every answer and the summary to --out (default <model>/check.json).
 
   python -m finetune.check --model runs/demo/models/pasta-sft
@@ -43,6 +45,13 @@ class CheckArguments:
         "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
     stop_loops: bool = field(default=False, metadata={
         "help": "end a thread whose text falls into a loop (Options.stop_loops): counted as loops_stopped"})
+    samples: int = field(default=1, metadata={
+        "help": "answers per prompt, decoded together (with --temperature: the policy's answers, not only its "
+                "greedy one, which preference training may leave unchanged on most prompts)"})
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy"})
+    top_p: float = 1.0
+    seed: int = field(default=0, metadata={"help": "sample j of every prompt draws with seed·100003 + j (as "
+                                                  "eval.pairs), so two models' samples pair up"})
     out: str | None = field(default=None, metadata={"help": "where to write the answers and summary"})
     against: str | None = field(default=None, metadata={
         "help": "an earlier check's JSON on the same prompts (e.g. the SFT model's): the summary adds the paired "
@@ -69,11 +78,11 @@ def held_out_prompts(args: CheckArguments, dataset) -> list[dict]:
 
 
 def paired_difference(answers: list[dict], before: list[dict], draws: int = 2000) -> dict:
-    """Theoretical speedup of `answers` minus `before`'s on the prompts both hold: the mean, a bootstrap 95%
-    interval over prompts, and the same over the prompts both models ended themselves. Greedy answers of
-    models this close differ on a few prompts, so a mean over 10-30 prompts alone says little."""
-    mine = {a["id"]: a for a in answers}
-    pairs = [(mine[b["id"]], b) for b in before if b["id"] in mine]
+    """Theoretical speedup of `answers` minus `before`'s on the prompts (and sample seeds) both hold: the
+    mean, a bootstrap 95% interval, and the same over the answers both models ended themselves. Greedy
+    answers of models this close differ on a few prompts, so a mean over 10-30 prompts alone says little."""
+    mine = {(a["id"], a.get("sample", 0)): a for a in answers}
+    pairs = [(mine[k], b) for b in before if (k := (b["id"], b.get("sample", 0))) in mine]
     if not pairs:
         raise ValueError("--against: no prompt in common with this check")
 
@@ -83,7 +92,7 @@ def paired_difference(answers: list[dict], before: list[dict], draws: int = 2000
             return None
         rng = random.Random(0)
         means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(draws))
-        return {"prompts": len(diffs), "mean": round(sum(diffs) / len(diffs), 4),
+        return {"pairs": len(diffs), "mean": round(sum(diffs) / len(diffs), 4),
                 "ci95": [round(means[int(0.025 * draws)], 4), round(means[int(0.975 * draws) - 1], 4)],
                 "higher": sum(d > 0 for d in diffs), "lower": sum(d < 0 for d in diffs)}
 
@@ -106,26 +115,31 @@ def check(args: CheckArguments) -> dict:
     engine = Engine(model, tokenizer)
     answers = []
     started = time.perf_counter()
-    options = Options(max_new_tokens=args.max_new_tokens, guard_tags=args.guard_tags, stop_loops=args.stop_loops)
+    options = [Options(max_new_tokens=args.max_new_tokens, guard_tags=args.guard_tags, stop_loops=args.stop_loops,
+                       temperature=args.temperature, top_p=args.top_p, seed=args.seed * 100003 + j)
+               for j in range(args.samples)]
     for i, row in enumerate(rows):
-        result = engine.generate(row["messages"], mode="pasta", options=options)
-        try:
-            speedup = measure(result.stored, tokenizer).theoretical_speedup
-        except PastaSyntaxError as err:  # should not happen: the engine stores what it ran, repaired
-            speedup, result.repairs = 1.0, [*result.repairs, f"stored form does not parse: {err}"]
-        answers.append({"id": row.get("id", i), "reference_blocks": reference_blocks(row), "threads": result.threads,
-                        "repetition": round(repetition(result.text), 4),
-                        "repairs": result.repairs, "steered": result.steered, "looped": result.looped,
-                        "finish_reason": result.finish_reason,
-                        "theoretical_speedup": round(speedup, 4), "stored": result.stored})
-        print(f"{i + 1}/{len(rows)} threads={result.threads} repairs={len(result.repairs)} speedup={speedup:.2f}",
-              file=sys.stderr, flush=True)
+        results = engine.generate_many(row["messages"], options)  # one answer: what generate gives
+        for j, result in enumerate(results):
+            try:
+                speedup = measure(result.stored, tokenizer).theoretical_speedup
+            except PastaSyntaxError as err:  # should not happen: the engine stores what it ran, repaired
+                speedup, result.repairs = 1.0, [*result.repairs, f"stored form does not parse: {err}"]
+            answers.append({"id": row.get("id", i), "sample": j, "reference_blocks": reference_blocks(row),
+                            "threads": result.threads, "repetition": round(repetition(result.text), 4),
+                            "repairs": result.repairs, "steered": result.steered, "looped": result.looped,
+                            "finish_reason": result.finish_reason,
+                            "theoretical_speedup": round(speedup, 4), "stored": result.stored})
+        done = answers[-len(results):]
+        print(f"{i + 1}/{len(rows)} threads={[a['threads'] for a in done]} repairs={[len(a['repairs']) for a in done]} "
+              f"speedup={[round(a['theoretical_speedup'], 2) for a in done]}", file=sys.stderr, flush=True)
     with_blocks = [a for a in answers if a["reference_blocks"]]  # None: a --prompts row has no reference
     finished = [a for a in answers if a["finish_reason"] == "stop" and not a["looped"]]  # the model ended them
     summary = {
         "model": args.model, "dataset": where, "split": args.prompts or args.split, "answers": len(answers),
+        "samples": args.samples, "temperature": args.temperature,
         "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
-        "prompts_with_reference_blocks": len(with_blocks),
+        "prompts_with_reference_blocks": len({a["id"] for a in with_blocks}),
         "promise_share": round(sum(a["threads"] > 0 for a in with_blocks) / len(with_blocks), 4)
         if with_blocks else None,
         "guard_tags": args.guard_tags, "stop_loops": args.stop_loops,

@@ -55,12 +55,24 @@ def test_against_an_earlier_check_gives_the_paired_difference(run, tmp_path):
     model, before = str(run / "model"), tmp_path / "before.json"
     check(CheckArguments(model=model, run_dir=str(run), max_new_tokens=6, out=str(before)))
     same = check(CheckArguments(model=model, run_dir=str(run), max_new_tokens=6, against=str(before)))
-    assert same["against"]["all"]["mean"] == 0 and same["against"]["all"]["prompts"] == 4  # greedy: same answers
+    assert same["against"]["all"]["mean"] == 0 and same["against"]["all"]["pairs"] == 4  # greedy: same answers
     doc = json.loads(before.read_text())
     doc["answers"] = [{**a, "theoretical_speedup": a["theoretical_speedup"] - 0.5, "finish_reason": "stop",
                        "looped": 0} for a in doc["answers"][:3]]
     slower = tmp_path / "slower.json"
     slower.write_text(json.dumps(doc))
     diff = check(CheckArguments(model=model, run_dir=str(run), max_new_tokens=6, against=str(slower)))["against"]
-    assert diff["all"]["prompts"] == 3 and diff["all"]["mean"] == 0.5 and diff["all"]["ci95"] == [0.5, 0.5]
+    assert diff["all"]["pairs"] == 3 and diff["all"]["mean"] == 0.5 and diff["all"]["ci95"] == [0.5, 0.5]
     assert diff["all"]["higher"] == 3
+
+
+def test_sampled_answers_pair_up_by_seed(run, tmp_path):
+    model, first = str(run / "model"), tmp_path / "first.json"
+    args = dict(model=model, run_dir=str(run), max_new_tokens=6, samples=3, temperature=1.0)
+    summary = check(CheckArguments(**args, out=str(first)))
+    answers = json.loads(first.read_text())["answers"]
+    assert summary["answers"] == 12 and summary["prompts_with_reference_blocks"] == 4
+    assert {a["sample"] for a in answers} == {0, 1, 2}
+    assert len({a["stored"] for a in answers if a["id"] == "t0"}) > 1  # three different draws
+    again = check(CheckArguments(**args, against=str(first)))["against"]["all"]  # same seeds: same answers
+    assert again["pairs"] == 12 and again["mean"] == 0 and again["higher"] == again["lower"] == 0
