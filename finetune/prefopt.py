@@ -144,8 +144,9 @@ def train_pairs(policy: str, pairs_file: Path, out: Path, args: PrefOptArguments
 
         model = get_peft_model(model, lora_config(margs, model, new_tokens=False))
     model.train()
+    # the tokenizer goes with every save, so that a LoRA adapter's folder holds what merge_lora loads
     trainer = BonbonTrainer(model=model, args=training, train_dataset=Dataset.from_list(rows),
-                            data_collator=collator, alpha=args.alpha, beta=args.beta)
+                            processing_class=tokenizer, data_collator=collator, alpha=args.alpha, beta=args.beta)
     result = trainer.train()
     out.mkdir(parents=True, exist_ok=True)
     if model_args.use_peft:

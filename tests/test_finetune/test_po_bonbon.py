@@ -116,6 +116,26 @@ def test_training_on_pairs_moves_the_model_towards_the_chosen_answers(run, tmp_p
     assert before + 0.5 < _margin(trained, tok, rows[:1]) < before + 3.0
 
 
+def test_lora_training_lands_as_a_merged_model(run, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"messages": Q, "chosen": FAST, "rejected": SLOW}] * 4
+    pairs.write_text("\n".join(json.dumps(r) for r in rows))
+    policy = str(run / "models" / "pasta-sft")
+    from interpreter import load_model
+
+    model, tok = load_model(policy)
+    before = _margin(model, tok, rows[:1])
+    training = TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=12, learning_rate=3e-3,
+                                 per_device_train_batch_size=2, report_to="none", save_strategy="no", use_cpu=True)
+    lora = ModelConfig(model_name_or_path=policy, use_peft=True, lora_r=4, lora_alpha=8,
+                       lora_target_modules=["q_proj", "v_proj", "down_proj"])
+    train_pairs(policy, pairs, tmp_path / "models" / "po-lora", PrefOptArguments(), training, lora)
+    out = tmp_path / "models" / "po-lora"
+    assert not (out / "adapter_config.json").exists()  # merged: eval and the next round load it as any model
+    merged, _ = load_model(str(out))
+    assert _margin(merged, tok, rows[:1]) > before + 0.3
+
+
 @pytest.mark.slow
 def test_two_rounds_two_lambdas(tmp_path):
     # a policy half-trained on FAST ends its answers in varied ways (a random one runs to the budget: left out)
