@@ -96,7 +96,8 @@ def _margin(model, tok, rows):
     return (logp[: len(rows)] - logp[len(rows):]).mean().item()
 
 
-def test_training_on_pairs_moves_the_model_towards_the_chosen_answers(run, tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_training_on_pairs_moves_the_model_towards_the_chosen_answers(run, tmp_path, lora):
     pairs = tmp_path / "pairs.jsonl"
     rows = [{"messages": Q, "chosen": FAST, "rejected": SLOW}] * 4
     pairs.write_text("\n".join(json.dumps(r) for r in rows))
@@ -105,35 +106,17 @@ def test_training_on_pairs_moves_the_model_towards_the_chosen_answers(run, tmp_p
 
     model, tok = load_model(policy)
     before = _margin(model, tok, rows[:1])
-    training = TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=12, learning_rate=3e-4,
+    training = TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=12, learning_rate=3e-3 if lora else 3e-4,
                                  per_device_train_batch_size=2, report_to="none", save_strategy="no",
                                  use_cpu=True, logging_steps=1)
-    summary = train_pairs(policy, pairs, tmp_path / "models" / "po", PrefOptArguments(), training,
-                          ModelConfig(model_name_or_path=policy))
+    model_args = ModelConfig(model_name_or_path=policy, use_peft=lora, lora_r=4, lora_alpha=8,
+                             lora_target_modules=["q_proj", "v_proj", "down_proj"])
+    summary = train_pairs(policy, pairs, tmp_path / "models" / "po", PrefOptArguments(), training, model_args)
+    assert not (tmp_path / "models" / "po" / "adapter_config.json").exists()  # LoRA lands merged, as any model
     trained, _ = load_model(str(tmp_path / "models" / "po"))
     assert math.isfinite(summary["train_loss"])
     # the squared term pulls log p(chosen)/p(rejected) to 1/(2β) = 1 nat above the reference's
     assert before + 0.5 < _margin(trained, tok, rows[:1]) < before + 3.0
-
-
-def test_lora_training_lands_as_a_merged_model(run, tmp_path):
-    pairs = tmp_path / "pairs.jsonl"
-    rows = [{"messages": Q, "chosen": FAST, "rejected": SLOW}] * 4
-    pairs.write_text("\n".join(json.dumps(r) for r in rows))
-    policy = str(run / "models" / "pasta-sft")
-    from interpreter import load_model
-
-    model, tok = load_model(policy)
-    before = _margin(model, tok, rows[:1])
-    training = TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=12, learning_rate=3e-3,
-                                 per_device_train_batch_size=2, report_to="none", save_strategy="no", use_cpu=True)
-    lora = ModelConfig(model_name_or_path=policy, use_peft=True, lora_r=4, lora_alpha=8,
-                       lora_target_modules=["q_proj", "v_proj", "down_proj"])
-    train_pairs(policy, pairs, tmp_path / "models" / "po-lora", PrefOptArguments(), training, lora)
-    out = tmp_path / "models" / "po-lora"
-    assert not (out / "adapter_config.json").exists()  # merged: eval and the next round load it as any model
-    merged, _ = load_model(str(out))
-    assert _margin(merged, tok, rows[:1]) > before + 0.3
 
 
 @pytest.mark.slow
