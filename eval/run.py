@@ -121,6 +121,7 @@ class Generations:
 
 
 def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[int, int] | None = None):
+    timed_in = f"{os.uname().nodename}-{os.getpid()}-{time.time():.0f}"  # this run: wall times compare within it
     options = Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
                       max_threads=args.max_threads, stop_loops=args.stop_loops)
     engines: dict[str, Engine] = {}
@@ -140,9 +141,17 @@ def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[i
             runner = METHODS[method](engines[path], label, options)
             runner.answer("Say hello.")  # warm-up: first calls pay for allocation, not decoding
             for p in tqdm(todo, desc=name, file=sys.stderr):
-                cache.add({"prompt_id": p["id"], **runner.answer(p["instruction"])})
+                cache.add({"prompt_id": p["id"], **runner.answer(p["instruction"]), "timed_in": timed_in})
         generations[name] = cache.rows
     return generations
+
+
+def mixed_timing(generations: dict[str, dict[str, dict]]) -> dict[str, int]:
+    """Per row, how many answers were timed in another run than the sequential answer they are compared with
+    (cached rows from an earlier eval): the machine's speed may have changed in between."""
+    baseline = next(iter(generations.values()))
+    return {name: n for name, gens in list(generations.items())[1:]
+            if (n := sum(g.get("timed_in") != baseline[pid].get("timed_in") for pid, g in gens.items()))}
 
 
 def judge_all(args: EvalArguments, prompts: list[dict], generations: dict[str, dict[str, dict]], out: Path):
@@ -200,6 +209,10 @@ def main(args: EvalArguments) -> list[dict]:
         for path in merge(out / "generations", args.merge_shards, {p["id"] for p in prompts}):
             print(f"merged {path}")
     generations = generate(args, prompts, out)
+    for name, n in mixed_timing(generations).items():
+        print(f"note: {n} of {name}'s answers were timed in another run than the sequential answers they are "
+              f"compared with; wall-clock ratios across runs carry the machine's drift (delete {out / 'generations'} "
+              "to time every row in one run)", file=sys.stderr)
     label, prefs = judge_all(args, prompts, generations, out)
     rows = metrics(args, prompts, generations, prefs)
     report.write_table(rows, out, label)

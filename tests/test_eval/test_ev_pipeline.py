@@ -39,6 +39,7 @@ def _args(root, **kw):
 
 def test_eval_end_to_end_and_caching(run_root, capsys):
     rows = main(_args(run_root))
+    assert "timed in another run" not in capsys.readouterr().err  # every row timed in this run
     out = run_root / "t" / "eval"
     names = [(r["method"], r["model"]) for r in rows]
     assert names[0] == ("sequential", "baseline-sft") and ("pasta", "pasta-sft") in names
@@ -52,10 +53,13 @@ def test_eval_end_to_end_and_caching(run_root, capsys):
     sizes = {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")}
     main(_args(run_root))  # everything cached: nothing is generated again
     assert {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")} == sizes
-    assert "plot:" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "plot:" in captured.out and "timed in another run" not in captured.err  # cached together, timed together
     tok = bpe_tokenizer()  # trained again into the same folder: its answers are made anew, not reused
     tiny_model("llama", len(tok), seed=7).save_pretrained(run_root / "t" / "models" / "pasta-sft")
     main(_args(run_root, methods=["pasta"]))
+    # its new wall times are compared with sequential ones from the first run: the report says so
+    assert "3 of pasta · pasta-sft's answers were timed in another run" in capsys.readouterr().err
     again = {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")}
     assert again["pasta--pasta-sft.jsonl"] == sizes["pasta--pasta-sft.jsonl"] + 3
     assert again["sequential--baseline-sft.jsonl"] == sizes["sequential--baseline-sft.jsonl"]
