@@ -77,6 +77,11 @@ def held_out_prompts(args: CheckArguments, dataset) -> list[dict]:
     return rows[:args.limit] if args.limit else rows
 
 
+def ended_itself(answer: dict) -> bool:
+    """Finished by the model: neither cut by the budget nor stopped in a loop."""
+    return answer["finish_reason"] == "stop" and not answer["looped"]
+
+
 def paired_difference(answers: list[dict], before: list[dict], draws: int = 2000) -> dict:
     """Theoretical speedup of `answers` minus `before`'s on the prompts (and sample seeds) both hold: the
     mean, a bootstrap 95% interval, and the same over the answers both models ended themselves. Greedy
@@ -96,7 +101,7 @@ def paired_difference(answers: list[dict], before: list[dict], draws: int = 2000
                 "ci95": [round(means[int(0.025 * draws)], 4), round(means[int(0.975 * draws) - 1], 4)],
                 "higher": sum(d > 0 for d in diffs), "lower": sum(d < 0 for d in diffs)}
 
-    ended = [(a, b) for a, b in pairs if all(x["finish_reason"] == "stop" and not x["looped"] for x in (a, b))]
+    ended = [(a, b) for a, b in pairs if ended_itself(a) and ended_itself(b)]
     return {"all": stats(pairs), "finished_both": stats(ended)}
 
 
@@ -134,7 +139,7 @@ def check(args: CheckArguments) -> dict:
         print(f"{i + 1}/{len(rows)} threads={[a['threads'] for a in done]} repairs={[len(a['repairs']) for a in done]} "
               f"speedup={[round(a['theoretical_speedup'], 2) for a in done]}", file=sys.stderr, flush=True)
     with_blocks = [a for a in answers if a["reference_blocks"]]  # None: a --prompts row has no reference
-    finished = [a for a in answers if a["finish_reason"] == "stop" and not a["looped"]]  # the model ended them
+    finished = [a for a in answers if ended_itself(a)]
     summary = {
         "model": args.model, "dataset": where, "split": args.prompts or args.split, "answers": len(answers),
         "samples": args.samples, "temperature": args.temperature,

@@ -332,21 +332,28 @@ class Engine:
 
 class _LoopStop(StoppingCriteria):
     """Options.stop_loops for `model.generate`: a row ends at the token where its text starts to loop, as
-    the engine's main thread does. `stopped` maps row → tokens drawn by then."""
+    the engine's main thread does (the same streaming detokenizer, one new token a call). `stopped` maps
+    row → tokens drawn by then."""
 
     def __init__(self, tokenizer, prompt_width: int, end_ids: set[int]):
         self.tok, self.width, self.end_ids = tokenizer, prompt_width, end_ids
-        self.stopped, self.ended = {}, set()
+        self.detoks: dict[int, Detokenizer] = {}
+        self.tails: dict[int, str] = {}
+        self.stopped: dict[int, int] = {}
+        self.ended: set[int] = set()
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        drawn = input_ids.shape[1] - self.width
-        for k, row in enumerate(input_ids[:, -min(drawn, LOOP_TAIL):].tolist()):  # LOOP_TAIL tokens ≥ its chars
-            if row[-1] in self.end_ids:
+        for k, token in enumerate(input_ids[:, -1].tolist()):
+            if k in self.ended or k in self.stopped:
+                continue
+            if token in self.end_ids:
                 self.ended.add(k)
-            elif k not in self.ended and k not in self.stopped and \
-                    loops(self.tok.decode(row, skip_special_tokens=False)[-LOOP_TAIL:]):
-                self.stopped[k], done[k] = drawn, True
+                continue
+            detok = self.detoks.setdefault(k, Detokenizer(self.tok))
+            self.tails[k] = (self.tails.get(k, "") + detok.push(token))[-LOOP_TAIL:]
+            if loops(self.tails[k]):
+                self.stopped[k], done[k] = input_ids.shape[1] - self.width, True
         return done
 
 
