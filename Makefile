@@ -45,8 +45,9 @@ finetune: setup
 	$(PY) -m finetune --config $(FINETUNE_CONFIG) $(FINETUNE_ARGS)
 
 # does the PASTA model write tags the engine runs as written? (held-out prompts of the dataset)
+CHECK_ARGS ?=
 check: setup
-	$(PY) -m finetune.check --run_dir $(RUN_DIR) --model $(RUN_DIR)/models/pasta-sft
+	$(PY) -m finetune.check --run_dir $(RUN_DIR) --model $(RUN_DIR)/models/pasta-sft $(CHECK_ARGS)
 
 prefopt: setup
 	$(PY) -m finetune.prefopt --config $(PREFOPT_CONFIG) $(PREFOPT_ARGS)

@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-from interpreter import MAIN, Document, encode, parse, pieces, promise_tag
+from interpreter import Document, block_lengths, parse, promise_tag
 from interpreter.parser import Block, MainText, Sync
-
-
-def block_lengths(doc: Document, tokenizer) -> list[int]:
-    """Tokens of each block, `<async>` and `</async>` included, tokenized piece by piece as training does."""
-    lengths: list[int] = []
-    for piece in pieces(doc):
-        if piece.thread != MAIN:
-            if piece.kind == "open":
-                lengths.append(0)
-            lengths[-1] += len(encode(tokenizer, piece.text))
-    return lengths
 
 
 def round_up(n: int, granularity: int) -> int:

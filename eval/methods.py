@@ -37,7 +37,7 @@ def record(result, method: str, model: str, theoretical: float | None, paralleli
             "tokens": sum(result.thread_tokens), "steps": result.steps, "threads": result.threads,
             "wall_time": result.wall_time, "theoretical_speedup": theoretical, "parallelism": parallelism,
             "finish_reason": result.finish_reason, "repairs": list(result.repairs), "steered": result.steered,
-            **extra}
+            "looped": result.looped, **extra}
 
 
 class Sequential:

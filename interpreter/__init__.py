@@ -1,18 +1,18 @@
 """Pasta-Lang: the language (parser, layout, costs) and the asynchronous decoding engine."""
 
-from .cost import Costs, measure
+from .cost import Costs, block_lengths, measure
 from .engine import Engine, Options, Result, Script
 from .layout import IGNORE, MAIN, PROMPT, Layout, ThreadLayout, build_layout, encode, pieces, prompt_ids, turn_end_id
 from .models import EMBEDDED_MODEL, ModelNotFound, load_model, load_tokenizer
 from .parser import Document, PastaSyntaxError, StreamParser, parse, strip, validate
-from .repetition import LOOPING, repetition
+from .repetition import LOOPING, cross_block_repetition, repetition
 from .tag_tokens import TAG_PIECES, add_tag_tokens, has_tag_tokens, tag_cost
 from .tags import check_topic, promise_tag
 
 __all__ = [
     "Engine", "Options", "Result", "Script", "encode", "prompt_ids", "turn_end_id",
-    "Costs", "measure", "IGNORE", "MAIN", "PROMPT", "Layout", "ThreadLayout", "build_layout", "pieces",
+    "Costs", "measure", "block_lengths", "IGNORE", "MAIN", "PROMPT", "Layout", "ThreadLayout", "build_layout", "pieces",
     "EMBEDDED_MODEL", "ModelNotFound", "load_model", "load_tokenizer", "Document", "PastaSyntaxError",
-    "StreamParser", "parse", "strip", "validate", "LOOPING", "repetition", "TAG_PIECES", "add_tag_tokens",
-    "has_tag_tokens", "tag_cost", "check_topic", "promise_tag",
+    "StreamParser", "parse", "strip", "validate", "LOOPING", "repetition", "cross_block_repetition",
+    "TAG_PIECES", "add_tag_tokens", "has_tag_tokens", "tag_cost", "check_topic", "promise_tag",
 ]

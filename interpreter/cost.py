@@ -64,3 +64,16 @@ def measure(stored: str | Document, tokenizer) -> Costs:
             latest = max(latest, block_last[piece.thread])
     sequential = len(encode(tokenizer, doc.stripped))
     return Costs(sequential, latest, total)
+
+
+def block_lengths(stored: str | Document, tokenizer) -> list[int]:
+    """Tokens of each block, `<async>` and `</async>` included, tokenized piece by piece as training does:
+    what a promise's `tokens` estimates."""
+    doc = parse(stored) if isinstance(stored, str) else stored
+    lengths: list[int] = []
+    for piece in pieces(doc):
+        if piece.thread != MAIN:
+            if piece.kind == "open":
+                lengths.append(0)
+            lengths[-1] += len(encode(tokenizer, piece.text))
+    return lengths

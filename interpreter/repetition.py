@@ -24,3 +24,20 @@ def loops(text: str) -> bool:
     4-grams above LOOPING (about two rounds of a repeated sentence). Shorter texts never loop."""
     words = text[-LOOP_TAIL:].split()[-LOOP_WINDOW:]
     return len(words) == LOOP_WINDOW and repetition(" ".join(words)) > LOOPING
+
+
+def _grams(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    words = re.sub(r"\d+", "#", text.lower()).split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def cross_block_repetition(blocks: list[str]) -> float | None:
+    """Share of the blocks' word 3-grams (numbers masked) that also stand in another block of the same answer:
+    blocks decoded in parallel never see each other, so they may say the same thing twice. None with fewer than
+    two blocks."""
+    grams = [_grams(b) for b in blocks]
+    if len(grams) < 2:
+        return None
+    total = sum(len(g) for g in grams)
+    shared = sum(len(g & set().union(*(o for j, o in enumerate(grams) if j != i))) for i, g in enumerate(grams))
+    return shared / total if total else 0.0

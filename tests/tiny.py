@@ -59,6 +59,20 @@ def bpe_tokenizer(vocab_size: int = 400):
     return fast
 
 
+def tag_token_tokenizer():
+    """A private copy of bpe_tokenizer() with the tag pieces added as tokens (interpreter.add_tag_tokens)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from interpreter import add_tag_tokens
+
+    base = bpe_tokenizer()
+    tok = PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer.__class__.from_str(
+        base.backend_tokenizer.to_str()), eos_token="<|im_end|>", pad_token="<|im_end|>", bos_token="<|im_start|>")
+    tok.chat_template = base.chat_template
+    add_tag_tokens(tok)
+    return tok
+
+
 def tiny_model(family: str = "llama", vocab_size: int = 400, seed: int = 0):
     """A random causal LM of the given family, small enough for a test."""
     import torch

@@ -5,8 +5,8 @@ from tiny import WordTokenizer, bpe_tokenizer
 
 from data_gen.answers import trim_cut_answer
 from data_gen.filters import check_answer, check_reply, keep_share, unwrap_fence
-from data_gen.promises import block_lengths, round_up
-from interpreter import parse, repetition, strip
+from data_gen.promises import round_up
+from interpreter import block_lengths, parse, repetition, strip
 
 ORIGINAL = "Tips:\n1. Sleep well every night.\n2. Drink water often.\nDone."
 

@@ -4,9 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import bpe_tokenizer
 
-from data_gen.promises import block_lengths, round_up
+from data_gen.promises import round_up
 from data_gen.structural import annotate, clean_topic
-from interpreter import measure, parse, strip, validate
+from interpreter import block_lengths, measure, parse, strip, validate
 from interpreter.parser import Block, MainText, Sync
 from interpreter.tags import check_topic
 

@@ -32,7 +32,8 @@ def run_root(tmp_path_factory):
 
 
 def _args(root, **kw):
-    return EvalArguments(run_dir=str(root / "t"), prompts=str(root / "prompts.jsonl"), max_new_tokens=16,
+    kw.setdefault("prompts", [str(root / "prompts.jsonl")])
+    return EvalArguments(run_dir=str(root / "t"), max_new_tokens=16,
                          proxy_reference=str(root / "t" / "models" / "baseline-sft"),
                          base_model=str(root / "t" / "models" / "baseline-sft"), bootstrap=50, **kw)
 
@@ -63,6 +64,33 @@ def test_eval_end_to_end_and_caching(run_root, capsys):
     again = {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")}
     assert again["pasta--pasta-sft.jsonl"] == sizes["pasta--pasta-sft.jsonl"] + 3
     assert again["sequential--baseline-sft.jsonl"] == sizes["sequential--baseline-sft.jsonl"]
+
+
+def test_each_prompt_set_gets_its_own_table_and_the_quality_counts(run_root):
+    second = run_root / "second.jsonl"
+    second.write_text(json.dumps({"id": "s1", "instruction": "Name two colors.", "category": "x"}) + "\n")
+    rows = main(_args(run_root, prompts=[str(run_root / "prompts.jsonl"), str(second)], methods=["pasta"]))
+    out = run_root / "t" / "eval"
+    assert {r["prompts"] for r in rows} == {str(run_root / "prompts.jsonl"), str(second)}
+    assert [r["n"] for r in rows if r["prompts"] == str(second)] == [1, 1]
+    for folder in ("prompts", "second"):
+        assert (out / folder / "results.md").exists() and (out / folder / "pareto.png").exists()
+    combined = (out / "results.md").read_text()
+    assert "### " + str(second) in combined and "repeated across blocks" in combined
+    for r in rows:  # what a reader notices without a judge, counted per row
+        assert r["cut"] + (r["n"] - r["cut"]) == r["n"] and r["looped"] >= 0 and r["repaired"] >= 0
+    assert all(r["cut"] > 0 for r in rows if r["prompts"] == str(second))  # 16 tokens cut a random model's answer
+
+
+def test_the_held_out_set_is_held_out():
+    from eval.prompts import HELDOUT
+
+    held = load_prompts("heldout")
+    seeds = {json.loads(line)["instruction"].lower() for line in
+             (HELDOUT.parents[2] / "data_gen" / "seeds.jsonl").read_text().splitlines() if line.strip()}
+    mt = {p["instruction"].lower() for p in load_prompts("mt-bench")}
+    assert len(held) == len({p["id"] for p in held}) == 32
+    assert not ({p["instruction"].lower() for p in held} & (seeds | mt))
 
 
 def test_missing_models_say_what_to_do(tmp_path):

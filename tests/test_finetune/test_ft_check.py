@@ -76,3 +76,25 @@ def test_sampled_answers_pair_up_by_seed(run, tmp_path):
     assert len({a["stored"] for a in answers if a["id"] == "t0"}) > 1  # three different draws
     again = check(CheckArguments(**args, against=str(first)))["against"]["all"]  # same seeds: same answers
     assert again["pairs"] == 12 and again["mean"] == 0 and again["higher"] == again["lower"] == 0
+
+
+def test_promise_estimates_tag_costs_and_fork_points(run):
+    from finetune.check import estimate_error, promise_costs
+    from interpreter import Result, encode, promise_tag
+
+    tok = bpe_tokenizer()
+    stored = 'Two:<promise topic="a" tokens="20"/><async> one two</async><promise topic="b" tokens="3"/><async> x' \
+             '</async><sync/> done'
+    result = Result(text="", stored=stored, mode="pasta", finish_reason="stop", prompt_tokens=0, tokens=0,
+                    thread_tokens=[0], steps=1, threads=2, wall_time=1.0, prefill_time=0.0)
+    costs = promise_costs(result, tok)
+    tags = len(encode(tok, "<async>")) + len(encode(tok, "</async>"))
+    true = [tags + len(encode(tok, t)) for t in (" one two", " x")]
+    assert costs["promises"] == [[20, true[0]], [3, true[1]]]
+    assert costs["tag_tokens"][0] == len(encode(tok, promise_tag("a", 20))) + true[0] - len(encode(tok, " one two"))
+    err = estimate_error([costs])
+    assert err["promises"] == 2 and err["mean_abs_error_tokens"] == (abs(20 - true[0]) + abs(3 - true[1])) / 2
+    summary = check(CheckArguments(model=str(run / "model"), run_dir=str(run), max_new_tokens=6))
+    points = summary["reference_fork_points"]  # one promise per reference answer, teacher-forced
+    assert points["points"] == 4 and 0 <= points["mean_probability"] < 0.5 and "greedy_share" in points
+    assert "mean_theoretical_speedup_reference_forks" in summary and "tag_tokens_per_promise" in summary

@@ -14,7 +14,8 @@ from interpreter import TAG_PIECES, add_tag_tokens, has_tag_tokens, load_model
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--bf16", "false", "--activation_checkpointing",
         "false", "--report_to", "none", "--logging_steps", "1", "--save_steps", "1", "--learning_rate", "1e-2",
         "--disable_tqdm", "true"]
-LORA = ["--add_tag_tokens", "--use_peft", "--lora_target_modules", "all-linear", "--lora_r", "4", "--lora_alpha", "8"]
+LORA = ["--add_tag_tokens", "true", "--use_peft", "--lora_target_modules", "all-linear", "--lora_r", "4",
+        "--lora_alpha", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_lora_trains_new_tag_embeddings_and_merges_exactly(setup, tmp_path):
 
 
 def test_full_finetune_of_both_variants(setup, tmp_path):
-    run(setup, tmp_path, "--variant", "both", "--add_tag_tokens")
+    run(setup, tmp_path, "--variant", "both", "--add_tag_tokens", "true")
     pasta, pasta_tok = load_model(str(tmp_path / "models" / "pasta-sft"))
     baseline, baseline_tok = load_model(str(tmp_path / "models" / "baseline-sft"))
     assert has_tag_tokens(pasta_tok) and not has_tag_tokens(baseline_tok)  # the control never sees a tag
@@ -87,7 +88,7 @@ def test_train_layers_trains_only_the_top_of_the_stack(setup, tmp_path):
 
 
 def test_train_layers_with_tag_tokens_trains_only_the_new_rows(setup, tmp_path):
-    run(setup, tmp_path, "--train_layers", "1", "--add_tag_tokens")
+    run(setup, tmp_path, "--train_layers", "1", "--add_tag_tokens", "true")
     ids, before, base = tag_rows(setup)
     tuned = load_model(str(tmp_path / "models" / "pasta-sft"))[0]
     emb = tuned.get_input_embeddings().weight
@@ -95,6 +96,29 @@ def test_train_layers_with_tag_tokens_trains_only_the_new_rows(setup, tmp_path):
     assert not torch.allclose(emb[ids], before, atol=1e-4)  # the tag tokens learned
     assert torch.equal(emb[:old], base.get_input_embeddings().weight[:old])  # no old token moved
     assert torch.equal(tuned.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_tag_token_learning_rate_moves_the_new_rows_further(setup, tmp_path):
+    ids, before, _ = tag_rows(setup)
+    moved = {}
+    for lr in ("1e-4", "1e-2"):
+        run(setup, tmp_path / lr, "--train_layers", "1", "--add_tag_tokens", "true", "--learning_rate", "1e-4",
+            "--tag_token_learning_rate", lr)
+        tuned = load_model(str(tmp_path / lr / "models" / "pasta-sft"))[0]
+        moved[lr] = (tuned.get_input_embeddings().weight[ids] - before).abs().max().item()
+    assert moved["1e-2"] > 10 * moved["1e-4"] > 0
+
+
+def test_the_dataset_sets_the_tokenization(setup, tmp_path):
+    """A dataset measured with tag tokens trains a student with them; a recipe that says otherwise is refused."""
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    (data / "stats.json").write_text(json.dumps({"tag_tokens": True}))
+    main(["--run_dir", str(tmp_path), "--dataset", str(data), "--model_name_or_path", setup["model"], *FAST])
+    assert has_tag_tokens(load_model(str(tmp_path / "models" / "pasta-sft"))[1])
+    with pytest.raises(SystemExit, match=r"tag_tokens=True, but add_tag_tokens is False"):
+        main(["--run_dir", str(tmp_path / "b"), "--dataset", str(data), "--model_name_or_path", setup["model"],
+              *FAST, "--add_tag_tokens", "false"])
 
 
 def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(setup, tmp_path):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tiny import bpe_tokenizer, memorize, tiny_model
+from tiny import bpe_tokenizer, memorize, tag_token_tokenizer, tiny_model
 from transformers import TrainingArguments
 from trl import ModelConfig
 
@@ -46,9 +46,9 @@ def test_answers_the_budget_ended_are_left_out_forked_or_not():
         assert [(p["chosen"], p["rejected"]) for p in pairs_for(group, 0.25, repaired)] == [("fast", "slow")]
 
 
-def make_run(root, model):
+def make_run(root, model, tok=None):
     """A run folder: the policy as models/pasta-sft and three training prompts."""
-    tok = bpe_tokenizer()
+    tok = tok or bpe_tokenizer()
     model.save_pretrained(root / "models" / "pasta-sft")
     tok.save_pretrained(root / "models" / "pasta-sft")
     (root / "dataset").mkdir()
@@ -121,8 +121,10 @@ def test_training_on_pairs_moves_the_model_towards_the_chosen_answers(run, tmp_p
 
 @pytest.mark.slow
 def test_two_rounds_two_lambdas(tmp_path):
-    # a policy half-trained on FAST ends its answers in varied ways (a random one runs to the budget: left out)
-    run = make_run(tmp_path, memorize(tiny_model("llama", len(bpe_tokenizer())), bpe_tokenizer(), Q, FAST, steps=80))
+    # a policy half-trained on FAST ends its answers in varied ways (a random one runs to the budget: left out);
+    # its tags are added tokens, as the demo student's
+    tok = tag_token_tokenizer()
+    run = make_run(tmp_path, memorize(tiny_model("llama", len(tok)), tok, Q, FAST, steps=40), tok)
     args = PrefOptArguments(run_dir=str(run), rounds=2, lambdas=[1.0, math.inf], samples=3, num_prompts=2,
                             max_new_tokens=48, judge_args=["--proxy_reference", str(run / "models" / "pasta-sft")])
     training = TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=1, per_device_train_batch_size=2,
@@ -131,3 +133,5 @@ def test_two_rounds_two_lambdas(tmp_path):
     for name in ("prefopt-l1-r1", "prefopt-linf-r1", "prefopt-l1-r2", "prefopt-linf-r2"):
         assert (run / "models" / name / "config.json").exists(), name
     assert (run / "prefopt" / "round-2" / "linf" / "samples.jsonl").exists()
+    samples = [json.loads(line) for line in (run / "prefopt" / "round-1" / "samples.jsonl").read_text().splitlines()]
+    assert any("<promise" in s["stored"] for s in samples)  # the policy forks with its tag tokens

@@ -67,3 +67,14 @@ def test_generate_batch_stops_a_row_where_sequential_decoding_does():
     assert batch[0].finish_reason == "loop" and batch[0].text.startswith("Intro. the cat sat")
     free = looping.generate_batch(prompts[:1], Options(max_new_tokens=200))[0]
     assert free.finish_reason != "loop" and len(free.text) > len(batch[0].text)
+
+
+def test_cross_block_repetition_counts_what_parallel_blocks_say_twice():
+    from interpreter import cross_block_repetition
+
+    assert cross_block_repetition(["1. Drink water every day."]) is None  # one block repeats nothing
+    assert cross_block_repetition(["1. Drink water every day.", "2. Sleep eight hours a night."]) == 0.0
+    same = cross_block_repetition(["1. Drink water every day.", "2. Drink water every day."])
+    assert same == 1.0  # numbers masked: the same sentence under another number
+    half = cross_block_repetition(["Drink water every day", "Drink water every day", "Sleep eight hours a night"])
+    assert 0.3 < half < 0.7
