@@ -71,7 +71,7 @@ class CheckArguments:
     out: str | None = field(default=None, metadata={"help": "where to write the answers and summary"})
     against: str | None = field(default=None, metadata={
         "help": "an earlier check's JSON on the same prompts (e.g. the SFT model's): the summary adds the paired "
-                "difference in theoretical speedup with a bootstrap 95% interval"})
+                "difference in theoretical speedup with a bootstrap 95%% interval"})
 
 
 def reference_blocks(row: dict) -> int:

@@ -116,7 +116,8 @@ def decoder_layers(model):
 def freeze_below(model, n: int, first_new_id: int | None) -> None:
     """Full finetuning of the last n layers (and the final norm). New tag tokens learn only their own rows, and
     only through the LM head: the embedding output is detached, so the backward pass still stops at the trained
-    layers (with tied embeddings the input side uses the learned rows too)."""
+    layers. A tied LM head is untied first: the input side keeps reading a new token as the text it stands for
+    (its starting row), while the output side learns where to write it."""
     model.requires_grad_(False)
     for layer in decoder_layers(model)[-n:]:
         layer.requires_grad_(True)
@@ -124,9 +125,19 @@ def freeze_below(model, n: int, first_new_id: int | None) -> None:
     if first_new_id is None:
         return
     head = model.get_output_embeddings()
+    if head.weight is model.get_input_embeddings().weight:
+        untie_lm_head(model)
     head.weight.requires_grad_(True)
     head.weight.register_hook(lambda grad: torch.cat([torch.zeros_like(grad[:first_new_id]), grad[first_new_id:]]))
     model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.detach())
+
+
+def untie_lm_head(model) -> None:
+    """Gives the LM head a weight of its own (a copy of the embeddings), saved and loaded as such."""
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    model.config.get_text_config().tie_word_embeddings = False
 
 
 def lora_config(model_args: ModelConfig, model, new_tokens: bool, train_layers: int | None = None):

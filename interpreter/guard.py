@@ -6,21 +6,33 @@ against the thread's lexer (`tags.may_take`: main writes promises and syncs, a b
 `</async>`); a token that would write an invalid tag is masked and the draw repeated, so the
 answer keeps the model's own choices wherever they were valid. Text with no tag in reach (no `<`
 pending or drawn) takes a fast path. Replays of stored sequences are never guarded.
+
+A model that has learned to open a promise but not yet to close it writes its topic on and on
+(`<promise topic="1. **1. **...`): the guard holds a topic to `topic_words` words, and a token that
+would break an open promise tag is replaced by the likeliest token that writes the tag's next fixed
+piece (`" tokens="`, a digit, `"/>`), so a tag once opened is finished, not dropped (redrawing there
+lengthened the last word instead: `book` became `bookshelves-and`). Elsewhere, when the redraws find
+no valid token, the same closing pieces are the last resort.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .layout import MAIN
+from .layout import MAIN, encode
 from .tags import BLOCK_TAGS, MAIN_TAGS, may_take
+
+TOPIC_WORDS = 4  # a list number and three words: each is a step on main's critical path (the teacher writes up to 6)
+CLOSING_PIECES = ('" tokens="', '"/>', "</async>", "<sync/>", *"0123456789")
 
 
 class TagGuard:
-    def __init__(self, tokenizer, end_ids: set[int], tries: int = 64):
+    def __init__(self, tokenizer, end_ids: set[int], tries: int = 64, topic_words: int = TOPIC_WORDS):
         self.tokenizer = tokenizer
         self.end_ids = end_ids
-        self.tries = tries  # masked redraws before the guard gives up and leaves it to the repairs
+        self.tries = tries  # masked redraws before the guard turns to the closing pieces
+        self.topic_words = topic_words
+        self.closers = torch.tensor(sorted({t for p in CLOSING_PIECES for t in encode(tokenizer, p)}))
         self._has_lt: dict[int, bool] = {}
 
     def _may_open_tag(self, token: int) -> bool:
@@ -35,17 +47,27 @@ class TagGuard:
             return thread.tid == MAIN and may_take(pending, "", kinds, end=True)
         if not pending and not self._may_open_tag(token):
             return True
-        return may_take(pending, thread.detok.peek(token), kinds)
+        return may_take(pending, thread.detok.peek(token), kinds, topic_words=self.topic_words)
 
     def choose(self, row: torch.Tensor, thread, token: int, sampler) -> tuple[int, bool]:
         """The drawn token, or the first redraw by the sampler's own rule (greedy: the next best) that
-        keeps the thread valid; also whether the guard steered."""
+        keeps the thread valid, else the likeliest valid closing piece; also whether the guard steered."""
         if self.allows(thread, token):
             return token, False
         row = row.float().clone()
-        for _ in range(self.tries):
-            row[token] = float("-inf")
-            token = sampler.draw(row[None], [thread])[0]
-            if self.allows(thread, token):
-                break
-        return token, True
+        if not thread.lexer.pending.startswith("<promise"):  # inside a promise, the model's next best runs on
+            for _ in range(self.tries):
+                row[token] = float("-inf")
+                token = sampler.draw(row[None], [thread])[0]
+                if self.allows(thread, token):
+                    return token, True
+        return self._closing_piece(row, thread, token), True
+
+    def _closing_piece(self, row: torch.Tensor, thread, token: int) -> int:
+        """The likeliest token that closes what is open (a quote first: a topic's end rather than a longer
+        word); else a digit; else `token`, left to the repairs."""
+        closers = self.closers.to(row.device)
+        valid = [int(closers[i]) for i in row[closers].argsort(descending=True).tolist()
+                 if self.allows(thread, int(closers[i]))]
+        quoted = [t for t in valid if self.tokenizer.decode([t]).lstrip().startswith(('"', "<"))]
+        return (quoted or valid or [token])[0]

@@ -7,6 +7,7 @@ a malformed Pasta-Lang tag becomes a `BadTag` event naming the rule it breaks.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -224,13 +225,18 @@ class Lexer:
 
 # The tags a thread may write, in the canonical form the engine's guard keeps a model to (every string
 # that fully matches is read by `read_tag` as a valid tag of that kind).
-_WORD = r'[^\s"<>]{1,40}'
-_TOPIC = rf"\s*{_WORD}(?:\s+{_WORD}){{0,{MAX_TOPIC_WORDS - 1}}}\s*"
-CANONICAL = {
-    PROMISE: regex.compile(rf'<promise\s+topic="{_TOPIC}"\s+tokens="[1-9][0-9]{{0,5}}"\s*/>'),
-    SYNC: regex.compile(r"<sync\s*/>"),
-    ASYNC_CLOSE: regex.compile(r"</async>"),
-}
+_WORD = r'[^\s"<>]{1,24}'  # a topic word; longer ones are runaway repeats (1.1.1.1.1.1...)
+_SPACE = r"(?:\s{1,3})"  # bounded, so that a model cannot pad a tag with whitespace forever
+
+
+@functools.lru_cache
+def _canonical(kind: str, topic_words: int) -> regex.Pattern:
+    if kind == PROMISE:
+        topic = rf"{_SPACE}?{_WORD}(?:{_SPACE}{_WORD}){{0,{topic_words - 1}}}{_SPACE}?"
+        return regex.compile(rf'<promise{_SPACE}topic="{topic}"{_SPACE}tokens="[1-9][0-9]{{0,5}}"{_SPACE}?/>')
+    return regex.compile({SYNC: rf"<sync{_SPACE}?/>", ASYNC_CLOSE: r"</async>"}[kind])
+
+
 MAIN_TAGS = (PROMISE, SYNC)
 BLOCK_TAGS = (ASYNC_CLOSE,)
 
@@ -252,13 +258,15 @@ def _off_limits(text: str, kinds: tuple[str, ...]) -> bool:
     return False
 
 
-def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False) -> bool:
+def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False,
+             topic_words: int = MAX_TOPIC_WORDS) -> bool:
     """Whether a thread whose lexer holds `pending` can take `piece` (and then end, if `end`) and still
     write only valid tags of `kinds`: no bad tag, no tag of another kind, and a tag being written that
     can still be completed. Stricter than the lexer in one way: a name that starts with a Pasta-Lang
     name, or with `prom`, is taken for a tag, so that a model kept from writing `<promise` inside a
     block cannot write `<promises` or `<promis defines` instead, and stops at `<prom` (text such as
-    `<asyncio>` or `<prompt>` is lost to the guard, not to the language)."""
+    `<asyncio>` or `<prompt>` is lost to the guard, not to the language). A promise's topic may be held
+    to fewer words than the language allows (`topic_words`)."""
     text = pending + piece
     if _off_limits(text, kinds):
         return False
@@ -270,4 +278,4 @@ def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False
     name = _OPENER.match(rest) if rest else None
     if name is None or (name.end() == len(rest) and name.group(1) not in NAMES):
         return True  # nothing pending, or a name that may still turn out to be ordinary text
-    return any(CANONICAL[k].fullmatch(rest, partial=True) for k in kinds)
+    return any(_canonical(k, topic_words).fullmatch(rest, partial=True) for k in kinds)

@@ -88,13 +88,18 @@ def test_train_layers_trains_only_the_top_of_the_stack(setup, tmp_path):
 
 
 def test_train_layers_with_tag_tokens_trains_only_the_new_rows(setup, tmp_path):
+    """The tied head is untied: the new rows learn on the output side, the input side still reads each tag
+    token as the text it stands for, and no old row or frozen layer moves."""
     run(setup, tmp_path, "--train_layers", "1", "--add_tag_tokens", "true")
     ids, before, base = tag_rows(setup)
     tuned = load_model(str(tmp_path / "models" / "pasta-sft"))[0]
-    emb = tuned.get_input_embeddings().weight
+    emb, head = tuned.get_input_embeddings().weight, tuned.get_output_embeddings().weight
     old = emb.shape[0] - len(ids)
-    assert not torch.allclose(emb[ids], before, atol=1e-4)  # the tag tokens learned
-    assert torch.equal(emb[:old], base.get_input_embeddings().weight[:old])  # no old token moved
+    assert head is not emb and not tuned.config.tie_word_embeddings
+    assert not torch.allclose(head[ids], before, atol=1e-4)  # the tag tokens learned where to be written
+    assert torch.equal(emb[ids], before)  # and are still read as their text
+    assert torch.equal(head[:old], base.get_input_embeddings().weight[:old])  # no old token moved
+    assert torch.equal(emb[:old], base.get_input_embeddings().weight[:old])
     assert torch.equal(tuned.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
 
 
@@ -105,7 +110,7 @@ def test_tag_token_learning_rate_moves_the_new_rows_further(setup, tmp_path):
         run(setup, tmp_path / lr, "--train_layers", "1", "--add_tag_tokens", "true", "--learning_rate", "1e-4",
             "--tag_token_learning_rate", lr)
         tuned = load_model(str(tmp_path / lr / "models" / "pasta-sft"))[0]
-        moved[lr] = (tuned.get_input_embeddings().weight[ids] - before).abs().max().item()
+        moved[lr] = (tuned.get_output_embeddings().weight[ids] - before).abs().max().item()
     assert moved["1e-2"] > 10 * moved["1e-4"] > 0
 
 

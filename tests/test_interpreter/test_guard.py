@@ -2,11 +2,13 @@
 model that writes valid tags gets exactly its own answer."""
 
 import pytest
+import torch
 from tiny import bpe_tokenizer, tiny_model
 
 from interpreter import Engine, Options, encode, parse, turn_end_id
 from interpreter.detok import Detokenizer
-from interpreter.engine import Sampler
+from interpreter.engine import Sampler, Thread
+from interpreter.guard import TagGuard
 from interpreter.tags import BLOCK_TAGS, MAIN_TAGS, may_take
 
 P = '<promise topic="{}" tokens="5"/>'
@@ -97,7 +99,23 @@ def test_broken_tags_in_main_are_steered_not_repaired(engine):
     assert len(unguarded.repairs) == 2 and unguarded.threads == 0
     r = wish(engine, main, ["x</async>"])
     assert r.repairs == [] and r.steered >= 2 and r.threads == 1
-    assert parse(r.stored).blocks[0].promise.topic.split() == list("abcdefgh")
+    assert parse(r.stored).blocks[0].promise.topic.split() == list("abcdef")  # held to the guard.TOPIC_WORDS
+
+
+def test_a_topic_that_will_not_end_is_closed_with_the_likeliest_closing_piece(engine):
+    """A half-trained student opens a promise and writes its topic on and on: when the redraws find nothing
+    valid, the guard takes the likeliest token that writes a tag's fixed pieces, so the tag is finished."""
+    tok = engine.tokenizer
+    guard = TagGuard(tok, engine.end_ids, tries=4)
+    main = Thread(0, Detokenizer(tok))
+    main.lexer.feed('<promise topic="a b c d e f')  # TOPIC_WORDS words: a seventh would break the guard's rule
+    spaced = [i for i in range(len(tok)) if tok.decode([i]).startswith(" ") and tok.decode([i]).strip()]
+    row = torch.full((len(tok),), -10.0)
+    row[spaced[:8]] = 5.0  # the model's favourites all start a new word
+    quote = encode(tok, '"')[0]
+    row[quote] = -5.0
+    assert [t for t in spaced[:8] if guard.allows(main, t)] == []
+    assert guard.choose(row, main, spaced[0], Sampler(Options(), "cpu")) == (quote, True)
 
 
 def test_a_block_cannot_nest_or_end_the_answer(engine):
