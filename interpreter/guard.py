@@ -33,6 +33,7 @@ class TagGuard:
         self.tries = tries  # masked redraws before the guard turns to the closing pieces
         self.topic_words = topic_words
         self.closers = torch.tensor(sorted({t for p in CLOSING_PIECES for t in encode(tokenizer, p)}))
+        self.quoted = {t for t in self.closers.tolist() if tokenizer.decode([t]).lstrip().startswith(('"', "<"))}
         self._has_lt: dict[int, bool] = {}
 
     def _may_open_tag(self, token: int) -> bool:
@@ -50,12 +51,13 @@ class TagGuard:
         return may_take(pending, thread.detok.peek(token), kinds, topic_words=self.topic_words)
 
     def choose(self, row: torch.Tensor, thread, token: int, sampler) -> tuple[int, bool]:
-        """The drawn token, or the first redraw by the sampler's own rule (greedy: the next best) that
-        keeps the thread valid, else the likeliest valid closing piece; also whether the guard steered."""
+        """The drawn token if valid; inside an open promise tag, else the likeliest valid closing piece;
+        elsewhere the first redraw by the sampler's own rule (greedy: the next best) that keeps the thread
+        valid, the closing pieces only if none does. Also whether the guard steered."""
         if self.allows(thread, token):
             return token, False
         row = row.float().clone()
-        if not thread.lexer.pending.startswith("<promise"):  # inside a promise, the model's next best runs on
+        if not thread.lexer.pending.startswith("<promise"):  # inside one, the model's next best runs on
             for _ in range(self.tries):
                 row[token] = float("-inf")
                 token = sampler.draw(row[None], [thread])[0]
@@ -69,5 +71,5 @@ class TagGuard:
         closers = self.closers.to(row.device)
         valid = [int(closers[i]) for i in row[closers].argsort(descending=True).tolist()
                  if self.allows(thread, int(closers[i]))]
-        quoted = [t for t in valid if self.tokenizer.decode([t]).lstrip().startswith(('"', "<"))]
+        quoted = [t for t in valid if t in self.quoted]
         return (quoted or valid or [token])[0]

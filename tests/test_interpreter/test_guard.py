@@ -8,7 +8,7 @@ from tiny import bpe_tokenizer, tiny_model
 from interpreter import Engine, Options, encode, parse, turn_end_id
 from interpreter.detok import Detokenizer
 from interpreter.engine import Sampler, Thread
-from interpreter.guard import TagGuard
+from interpreter.guard import TOPIC_WORDS, TagGuard
 from interpreter.tags import BLOCK_TAGS, MAIN_TAGS, may_take
 
 P = '<promise topic="{}" tokens="5"/>'
@@ -99,7 +99,7 @@ def test_broken_tags_in_main_are_steered_not_repaired(engine):
     assert len(unguarded.repairs) == 2 and unguarded.threads == 0
     r = wish(engine, main, ["x</async>"])
     assert r.repairs == [] and r.steered >= 2 and r.threads == 1
-    assert parse(r.stored).blocks[0].promise.topic.split() == list("abcdef")  # held to the guard.TOPIC_WORDS
+    assert parse(r.stored).blocks[0].promise.topic.split() == list("abcdefgh")[:TOPIC_WORDS]
 
 
 def test_a_topic_that_will_not_end_is_closed_with_the_likeliest_closing_piece(engine):
@@ -108,7 +108,7 @@ def test_a_topic_that_will_not_end_is_closed_with_the_likeliest_closing_piece(en
     tok = engine.tokenizer
     guard = TagGuard(tok, engine.end_ids, tries=4)
     main = Thread(0, Detokenizer(tok))
-    main.lexer.feed('<promise topic="a b c d e f')  # TOPIC_WORDS words: a seventh would break the guard's rule
+    main.lexer.feed('<promise topic="' + " ".join("abcdefgh"[:TOPIC_WORDS]))  # one more word breaks the rule
     spaced = [i for i in range(len(tok)) if tok.decode([i]).startswith(" ") and tok.decode([i]).strip()]
     row = torch.full((len(tok),), -10.0)
     row[spaced[:8]] = 5.0  # the model's favourites all start a new word
