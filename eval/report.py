@@ -26,7 +26,7 @@ def table_markdown(rows: list[dict], judge_label: str) -> str:
     lines = [f"Quality judge: **{judge_label}**. Win rates are against the sequential baseline (50 = equal). "
              "Without a judge: answers cut by the token budget, stopped in a loop, whose tags needed a repair, and "
              "the share of a block's word 3-grams that another block of the same answer repeats.", "",
-             head, "|" + " --- |" * 15]
+             head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['method']} | {r['model']} | {r['n']} | {_fmt(r['win_rate'])} | {_fmt(r['lc_win_rate'])} "
                      f"({_fmt(r['lc_ci_low'])}–{_fmt(r['lc_ci_high'])}) | {_fmt(r['wall_speedup'])}× | "

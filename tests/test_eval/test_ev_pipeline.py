@@ -77,6 +77,8 @@ def test_each_prompt_set_gets_its_own_table_and_the_quality_counts(run_root):
         assert (out / folder / "results.md").exists() and (out / folder / "pareto.png").exists()
     combined = (out / "results.md").read_text()
     assert "### " + str(second) in combined and "repeated across blocks" in combined
+    table = [line for line in combined.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1  # header, rule and rows: one width, or no table renders
     for r in rows:  # what a reader notices without a judge, counted per row
         assert r["cut"] + (r["n"] - r["cut"]) == r["n"] and r["looped"] >= 0 and r["repaired"] >= 0
     assert all(r["cut"] > 0 for r in rows if r["prompts"] == str(second))  # 16 tokens cut a random model's answer
