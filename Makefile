@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pasta-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint dataset finetune check eval prefopt demo demo-full bench
+.PHONY: setup test test-fast lint dataset finetune finetune-pair check eval prefopt demo demo-full bench
 
 # Each stage's recipe and extra flags (flags override the recipe), e.g. make finetune FINETUNE_ARGS="--num_train_epochs 2"
 DATASET_CONFIG ?= configs/demo/dataset.yaml
@@ -44,6 +44,11 @@ dataset: setup
 finetune: setup
 	$(PY) -m finetune --config $(FINETUNE_CONFIG) $(FINETUNE_ARGS)
 
+# both variants side by side, a thread each: 1.5x the throughput of one after the other on 2 cores
+finetune-pair: setup
+	OMP_NUM_THREADS=1 $(PY) -m finetune --config $(FINETUNE_CONFIG) --variant pasta $(FINETUNE_ARGS) & pid=$$!; \
+	OMP_NUM_THREADS=1 $(PY) -m finetune --config $(FINETUNE_CONFIG) --variant baseline $(FINETUNE_ARGS) && wait $$pid
+
 # does the PASTA model write tags the engine runs as written? (held-out prompts of the dataset)
 CHECK_ARGS ?=
 check: setup
@@ -67,8 +72,7 @@ FULL := configs/demo-full
 demo-full: setup
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory dataset DATASET_CONFIG=$(FULL)/dataset.yaml && \
-	{ OMP_NUM_THREADS=1 $(PY) -m finetune --config $(FULL)/smollm2-sft.yaml --variant pasta & pid=$$!; \
-	  OMP_NUM_THREADS=1 $(PY) -m finetune --config $(FULL)/smollm2-sft.yaml --variant baseline && wait $$pid; } && \
+	$(MAKE) --no-print-directory finetune-pair FINETUNE_CONFIG=$(FULL)/smollm2-sft.yaml && \
 	$(MAKE) --no-print-directory eval EVAL_CONFIG=$(FULL)/eval.yaml && \
 	echo "make demo-full: done in $$(( $$(date +%s) - start )) s"
 

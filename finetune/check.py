@@ -168,10 +168,9 @@ def fork_points(model, tokenizer, rows) -> dict | None:
                 if piece.kind == "promise":
                     starts.append(k)
                 k += len(encode(tokenizer, piece.text))
-        batch = collator([row])
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                           attention_mask=batch["attention_mask"]).logits[0].float()
+        with torch.no_grad():  # the training forward pass of this one layout (the collator's batch of one)
+            logits = model(input_ids=torch.tensor([layout.input_ids]), position_ids=torch.tensor([layout.position_ids]),
+                           attention_mask=layout.additive_mask(model.dtype)[None, None]).logits[0].float()
         for start in starts:
             i = main_rows[start - 1] if start else layout.prompt_len - 1
             target = layout.targets[i]
