@@ -18,9 +18,10 @@ import torch
 
 from interpreter import Engine, Options, encode
 from interpreter.detok import Detokenizer
-from interpreter.engine import Sampler, forward, new_cache
+from interpreter.kv import forward, new_cache
 from interpreter.layout import MAIN, ThreadLayout
 from interpreter.repetition import loops
+from interpreter.sampling import Sampler
 
 _LIST_START = re.compile(r"(?:^|\n)[ \t]*1([.)])[ \t][^\n]*?(\n+[ \t]*)2\1$")
 SEEK, ITEM, CHECK, ADOPT, FREE = "seek", "item", "check", "adopt", "free"

@@ -1,11 +1,13 @@
 """Pasta-Lang: the language (parser, layout, costs) and the asynchronous decoding engine."""
 
 from .cost import Costs, block_lengths, measure
-from .engine import Engine, Options, Result, Script
+from .engine import Engine
 from .layout import IGNORE, MAIN, PROMPT, Layout, ThreadLayout, build_layout, encode, pieces, prompt_ids, turn_end_id
 from .models import EMBEDDED_MODEL, ModelNotFound, load_model, load_tokenizer
+from .options import Options, Result
 from .parser import Document, PastaSyntaxError, StreamParser, parse, strip, validate
 from .repetition import LOOPING, cross_block_repetition, repetition
+from .sampling import Script
 from .tag_tokens import TAG_PIECES, add_tag_tokens, has_tag_tokens, tag_cost
 from .tags import check_topic, promise_tag
 

@@ -38,6 +38,10 @@ class SlotCounter:
         self.count += 1
         return self.count - 1
 
+    def skip_to(self, count: int) -> None:
+        """Slots up to `count` are taken by others (padding in a batch row): the next one is `count`."""
+        self.count = count
+
 
 class ThreadLayout:
     """Positions and visibility of tokens entering one shared KV cache. Thread 0 is main."""
@@ -85,6 +89,19 @@ class ThreadLayout:
             self.merge(t)
         synced, self.unsynced = self.unsynced, []
         return synced
+
+    def shift(self, k: int) -> None:
+        """Every slot moves by `k` (> 0: padding went in front of them; < 0: slots in front were dropped)."""
+        move = (lambda b: b << k) if k >= 0 else (lambda b: b >> -k)
+        self.vis = {t: move(b) for t, b in self.vis.items()}
+        self.own = {t: move(b) for t, b in self.own.items()}
+        self.counter.count += k
+
+    @property
+    def first_slot(self) -> int:
+        """The first slot main sees (its prompt's first token); -1 before it sees any."""
+        v = self.vis[MAIN]
+        return (v & -v).bit_length() - 1
 
     # For decoders that split by other rules than Pasta-Lang's (the pattern baseline):
     def branch(self, vis: int, position: int) -> int:

@@ -7,8 +7,9 @@ from tiny import bpe_tokenizer, tiny_model
 
 from interpreter import Engine, Options, encode, parse, turn_end_id
 from interpreter.detok import Detokenizer
-from interpreter.engine import Sampler, Thread
 from interpreter.guard import TOPIC_WORDS, TagGuard
+from interpreter.request import Thread
+from interpreter.sampling import Sampler
 from interpreter.tags import BLOCK_TAGS, MAIN_TAGS, may_take
 
 P = '<promise topic="{}" tokens="5"/>'

@@ -1,0 +1,65 @@
+"""Where a request's tokens come from: the model's logits (`Sampler`) or a fixed script (`Script`, replays)."""
+
+from __future__ import annotations
+
+import torch
+
+from .layout import MAIN, encode, pieces
+from .parser import parse
+
+
+class Sampler:
+    """Draws from the model: greedy, or temperature with top-k/top-p and a seeded generator."""
+
+    def __init__(self, opts, device):
+        self.opts = opts
+        self.generator = None
+        if opts.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(opts.seed if opts.seed is not None else torch.seed())
+
+    def draw(self, rows: torch.Tensor, threads) -> list[int]:
+        o = self.opts
+        if o.temperature <= 0:
+            return rows.argmax(-1).tolist()
+        logits = rows.float() / o.temperature
+        if o.top_k > 0:
+            kth = logits.topk(min(o.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if o.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > o.top_p  # keep the smallest set reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=self.generator).squeeze(-1).tolist()
+
+
+class Script:
+    """Replays fixed tokens per thread (None = greedy choice); main ends when its script does."""
+
+    def __init__(self, main: list[int | None], blocks: list[list[int | None]], end_id: int):
+        self.main, self.blocks, self.end_id = main, blocks, end_id
+
+    @classmethod
+    def from_stored(cls, stored: str, tokenizer, end_id: int) -> Script:
+        """The tokens decoding `stored` would draw: every thread's tokens but the forced `<async>`."""
+        main: list[int] = []
+        blocks: list[list[int]] = []
+        for piece in pieces(parse(stored)):
+            ids = encode(tokenizer, piece.text)
+            if piece.thread == MAIN:
+                main += ids
+            elif piece.kind == "open":
+                blocks.append([])
+            else:
+                blocks[-1] += ids
+        return cls(main, blocks, end_id)
+
+    def draw(self, rows: torch.Tensor, threads) -> list[int]:
+        greedy = rows.argmax(-1).tolist()
+        out = []
+        for th, g in zip(threads, greedy):
+            script = self.main if th.tid == MAIN else (self.blocks[th.tid - 1:th.tid] or [[]])[0]
+            token = script[th.drawn] if th.drawn < len(script) else self.end_id
+            out.append(g if token is None else token)
+        return out
