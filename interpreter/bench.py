@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .cost import measure
-from .engine import Engine
+from .engine import PHASES, Engine
 from .parser import parse
 
 
@@ -76,10 +76,13 @@ def run(engine: Engine, rows: list[dict], repeats: int = 3, warmup: int = 2, pro
         engine.replay(row["prompt"], row["stored"])
         engine.replay(row["prompt"], row["stored"], mode="sequential")
     per = []
+    phases = {"sequential": _Phases(engine), "pasta": _Phases(engine)}
     for row in tqdm(rows, desc="bench", disable=not progress):
         costs = measure(row["stored"], engine.tokenizer)
-        seq = _timed(lambda r=row: engine.replay(r["prompt"], r["stored"], mode="sequential"), repeats)
-        par = _timed(lambda r=row: engine.replay(r["prompt"], r["stored"]), repeats)
+        with phases["sequential"]:
+            seq = _timed(lambda r=row: engine.replay(r["prompt"], r["stored"], mode="sequential"), repeats)
+        with phases["pasta"]:
+            par = _timed(lambda r=row: engine.replay(r["prompt"], r["stored"]), repeats)
         wall = seq.wall_time / par.wall_time
         per.append({"id": row["id"], "sequential_tokens": costs.sequential_tokens,
                     "parallel_steps": costs.parallel_steps, "blocks": len(parse(row["stored"]).blocks),
@@ -89,7 +92,28 @@ def run(engine: Engine, rows: list[dict], repeats: int = 3, warmup: int = 2, pro
                     "wall_speedup": round(wall, 4), "efficiency": round(wall / costs.theoretical_speedup, 4),
                     "sequential_tokens_per_s": round(sum(seq.thread_tokens) / seq.wall_time, 2)})
     return {"machine": machine(), "sequences": per, "summary": summarize(per),
+            "per_step_ms": {mode: p.per_step_ms() for mode, p in phases.items()},
             "generate": compare_with_generate(engine, rows[: min(len(rows), 8)], repeats)}
+
+
+class _Phases:
+    """The engine's time per phase of a step (interpreter.engine.PHASES), summed over what runs inside."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.steps, self.seconds = engine, 0, dict.fromkeys(PHASES, 0.0)
+
+    def __enter__(self):
+        self.start_steps, self.start = self.engine.steps, dict(self.engine.timing)
+
+    def __exit__(self, *exc):
+        self.steps += self.engine.steps - self.start_steps
+        for k in self.seconds:
+            self.seconds[k] += self.engine.timing[k] - self.start[k]
+
+    def per_step_ms(self) -> dict:
+        out = {k: round(1000 * v / max(self.steps, 1), 3) for k, v in self.seconds.items()}
+        out["forward_share"] = round(self.seconds["forward"] / max(sum(self.seconds.values()), 1e-9), 4)
+        return out
 
 
 def summarize(per: list[dict]) -> dict:
@@ -134,6 +158,11 @@ def markdown(report: dict, title: str) -> str:
                      f"{b['geomean_efficiency']} |")
     lines += ["", f"Sequential mode: {g['sequential_tokens_per_s']} tokens/s; model.generate: "
               f"{g['generate_tokens_per_s']} tokens/s (ratio {g['ratio']}).", "",
+              "Time per engine step (ms; forward = masks and the model's pass):", "",
+              "| mode | " + " | ".join(PHASES) + " | forward share |", "| --- " * (len(PHASES) + 2) + "|"]
+    for mode, t in report.get("per_step_ms", {}).items():
+        lines.append(f"| {mode} | " + " | ".join(str(t[k]) for k in PHASES) + f" | {t['forward_share']} |")
+    lines += ["",
               "| id | blocks | sequential tokens | parallel steps | theoretical | wall seq (s) | wall pasta (s) | "
               "wall speedup | efficiency |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["sequences"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .models import EMBEDDED_MODEL, ModelNotFound
@@ -42,11 +43,11 @@ def _engine(args):
     from .models import load_model
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    return Engine(model, tokenizer)
+    return Engine(model, tokenizer, max_batch=getattr(args, "max_batch", 16))
 
 
 def _options(args):
-    from .engine import Options
+    from .options import Options
 
     return Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
                    max_threads=args.max_threads, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -80,10 +81,15 @@ def _generate(args) -> int:
 def _serve(args) -> int:
     from .server import LOOPBACK, serve
 
-    if args.host not in LOOPBACK and not args.api_key:  # say so before loading anything
+    api_key = args.api_key or os.environ.get("PASTA_API_KEY") or None
+    if args.host not in LOOPBACK and not api_key:  # say so before loading anything
         raise SystemExit(f"refusing to serve on {args.host} without --api-key: anyone who can reach it could use it")
-    serve(_engine(args), args.served_name or args.model, args.host, args.port, args.mode, args.api_key,
-          _options(args))
+    # a local folder is served under its name: its path would tell clients about this machine
+    name = args.served_name or (os.path.basename(os.path.normpath(args.model)) if os.path.exists(args.model)
+                                else args.model)
+    serve(_engine(args), name, args.host, args.port, args.mode, api_key, _options(args),
+          max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
+          timeout=args.timeout)
     return 0
 
 
@@ -96,6 +102,7 @@ def _bench(args) -> int:
     report.update(model=args.model, dtype=args.dtype or "default dtype", data=args.data)
     print(json.dumps(report["summary"], indent=1))
     print(json.dumps(report["generate"]))
+    print("per step (ms):", json.dumps(report["per_step_ms"]))
     if args.out:
         bench.write(report, args.out, f"Engine benchmark: {args.model} on {args.data}")
         print(f"wrote {args.out}.md and .json", file=sys.stderr)
@@ -149,8 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     _decoding_args(p)
     p.add_argument("--host", default="127.0.0.1", help="anything but loopback needs --api-key")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ routes")
-    p.add_argument("--served-name", help="the model id clients use (default: --model)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ routes (default: the "
+                   "PASTA_API_KEY environment variable; the flag wins)")
+    p.add_argument("--served-name", help="the model id clients use (default: --model; a local folder's name)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get a 413 "
+                   "(default 1 MiB)")
+    p.add_argument("--max-batch", type=int, default=16, help="requests decoding together (default 16)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a place; more get a 503 "
+                   "(default 64)")
+    p.add_argument("--max-tokens-limit", type=int, help="the largest max_tokens a request may ask for "
+                   "(default: the model's context)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take before it ends with "
+                   "what it has, finish_reason length (default 600)")
     p.set_defaults(run=_serve)
 
     p = sub.add_parser("bench", help="replay stored sequences sequentially and with PASTA; report speedups")
@@ -166,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "max_threads", 1) < 1:  # 0 would cut every answer at its first promise, silently
+        print("error: --max-threads must be at least 1 (use --mode sequential for no threads)", file=sys.stderr)
+        return 2
     try:
         return args.run(args)
     except PastaSyntaxError as err:

@@ -28,6 +28,8 @@ from .parser import parse
 from .request import Request
 from .sampling import Script
 
+PHASES = ("prefill", "schedule", "forward", "update")  # forward: masks, the model's pass, freeing columns
+
 
 class Engine:
     """Decodes requests with Pasta-Lang threads (mode "pasta") or plainly ("sequential"), up to
@@ -48,6 +50,8 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.kv = KVBatch(model)
+        self.timing = dict.fromkeys(PHASES, 0.0)  # seconds spent in each phase of `step`, summed
+        self.steps = 0
 
     def prompt_ids(self, prompt: str | list[dict] | list[int]) -> list[int]:
         return prompt_ids(self.tokenizer, prompt)
@@ -68,7 +72,10 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Request]:
         """One engine step: admit waiting requests, schedule → execute → update; returns those that ended."""
+        self.steps += 1
+        clock = time.perf_counter()
         ended = self._admit()
+        clock = self._tick("prefill", clock)
         feeds, live = [], []
         for request in self.running:
             feed = request.schedule()
@@ -80,10 +87,19 @@ class Engine:
         if len(live) < len(self.running):
             self.kv.drop([r.layout for r in self.running if r.done])
             self.running = live
+        clock = self._tick("schedule", clock)
         if live:
-            for request, rows in zip(live, self.kv.step(feeds), strict=True):
-                request.update(rows)
+            rows = self.kv.step(feeds)
+            clock = self._tick("forward", clock)
+            for request, r in zip(live, rows, strict=True):
+                request.update(r)
+            self._tick("update", clock)
         return ended
+
+    def _tick(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timing[phase] += now - since
+        return now
 
     def _admit(self) -> list[Request]:
         """Prefills waiting requests while the batch has room; answers to one prompt share one prefill.

@@ -31,7 +31,8 @@ def server():
     thread.start()
     while not srv.started:
         time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "app": app}
+    # answers to compare with come from another engine over the same model: the app's thread owns its own
+    yield {"url": f"http://127.0.0.1:{port}", "engine": Engine(engine.model, tok), "app": app}
     srv.should_exit = True
     thread.join(5)
 
@@ -57,7 +58,8 @@ def test_streaming_chat_adds_up(server):
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == server["engine"].generate("Hi", options=Options(max_new_tokens=10)).text
-    assert chunks[-1].usage is not None and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].usage is not None and chunks[-1].choices == []  # as OpenAI: usage in a chunk of its own
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
 
 
 def test_completions_models_and_health(server):
@@ -73,7 +75,7 @@ def test_completions_models_and_health(server):
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 5}, "temperature"),
-    ({"messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 17}, "n"),
 ])
 def test_bad_requests_get_openai_style_400(server, kwargs, param):
     with pytest.raises(openai.BadRequestError) as info:
@@ -88,20 +90,37 @@ def test_unknown_model_and_wrong_key(server):
         client(server, key="wrong").models.list()
 
 
-def test_concurrent_requests_are_queued_not_interleaved(server):
-    prompts = ["a", "tips please", "b c d"]
-    with ThreadPoolExecutor(3) as pool:
+def test_concurrent_requests_decode_together_and_answer_as_alone(server):
+    prompts = ["a", "tips please", "b c d", "a longer question about many things", "e"] * 2
+    steps_before = server["app"].state.core.steps
+    with ThreadPoolExecutor(len(prompts)) as pool:
         replies = list(pool.map(lambda p: client(server).chat.completions.create(
             model="tiny-pasta", messages=[{"role": "user", "content": p}], max_tokens=12), prompts))
     for p, r in zip(prompts, replies):
         assert r.choices[0].message.content == server["engine"].generate(p, options=Options(max_new_tokens=12)).text
+    assert server["app"].state.core.steps - steps_before < 12 * len(prompts) / 2  # they shared forward passes
+
+
+def test_n_choices_and_their_stream(server):
+    kwargs = dict(model="tiny-pasta", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, n=3,
+                  temperature=1.0, seed=5)
+    r = client(server).chat.completions.create(**kwargs)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    expected = [server["engine"].generate("Hi", options=Options(max_new_tokens=8, temperature=1.0, seed=5 + i)).text
+                for i in range(3)]
+    assert [c.message.content for c in r.choices] == expected
+    texts = ["", "", ""]
+    for chunk in client(server).chat.completions.create(**kwargs, stream=True):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+    assert texts == expected
 
 
 def test_client_that_disconnects_frees_its_work(server):
     stats = server["app"].state.stats
     before = stats["cancelled"]
     with httpx.stream("POST", server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000, "stream": True,
+                      json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 2000, "stream": True,
                             "mode": "sequential"}, timeout=30) as response:
         for _ in response.iter_lines():
             break  # read one line, then hang up
