@@ -1,5 +1,6 @@
 """Pasta-Lang: the language (parser, layout, costs) and the asynchronous decoding engine."""
 
+from .async_engine import AsyncEngine, Overloaded
 from .cost import Costs, block_lengths, measure
 from .engine import Engine
 from .layout import IGNORE, MAIN, PROMPT, Layout, ThreadLayout, build_layout, encode, pieces, prompt_ids, turn_end_id
@@ -12,7 +13,7 @@ from .tag_tokens import TAG_PIECES, add_tag_tokens, has_tag_tokens, tag_cost
 from .tags import check_topic, promise_tag
 
 __all__ = [
-    "Engine", "Options", "Result", "Script", "encode", "prompt_ids", "turn_end_id",
+    "Engine", "AsyncEngine", "Overloaded", "Options", "Result", "Script", "encode", "prompt_ids", "turn_end_id",
     "Costs", "measure", "block_lengths", "IGNORE", "MAIN", "PROMPT", "Layout", "ThreadLayout", "build_layout", "pieces",
     "EMBEDDED_MODEL", "ModelNotFound", "load_model", "load_tokenizer", "Document", "PastaSyntaxError",
     "StreamParser", "parse", "strip", "validate", "LOOPING", "repetition", "cross_block_repetition",
