@@ -99,6 +99,22 @@ def level(url: str, clients: int, requests: int, max_tokens: int) -> dict:
             "p95_s": round(latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))], 3)}
 
 
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def soak(url: str, pid: int, requests: int, clients: int = 8, max_tokens: int = 16, every: int = 50) -> list[dict]:
+    """`requests` short requests from `clients` clients; the server's resident memory every `every` requests."""
+    samples = [{"requests": 0, "rss_mb": round(rss_mb(pid), 1)}]
+    for done in range(every, requests + 1, every):
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda k: one(url, k, max_tokens), range(done - every, done)))
+        samples.append({"requests": done, "rss_mb": round(rss_mb(pid), 1)})
+        print("soak", json.dumps(samples[-1]), flush=True)
+    return samples
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = ["# Load benchmark: the server under concurrent clients", "",
@@ -114,6 +130,9 @@ def markdown(report: dict) -> str:
             ratio = f"{lv['tokens_per_s'] / base:.2f}" if base else "–"
             lines.append(f"| {name} | {lv['clients']} | {lv['requests']} | {lv['tokens_per_s']} | {ratio} | "
                          f"{lv['p50_s']} | {lv['p95_s']} |")
+    for name, samples in report.get("soak", {}).items():
+        lines += ["", f"Soak, {name}: resident memory (MB) after " +
+                  ", ".join(f"{s['requests']} requests: {s['rss_mb']}" for s in samples) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -125,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=16, help="requests per level (at least 2 per client)")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--baseline", help="the server the ratio column divides by (default: the last one)")
+    p.add_argument("--soak", type=int, default=0, help="then this many short requests (8 clients, 16 tokens), "
+                   "sampling the server's memory")
     p.add_argument("--out", help="write OUT.json and OUT.md")
     args = p.parse_args(argv)
     servers = dict(s.split("=", 1) for s in args.server)
@@ -141,6 +162,8 @@ def main(argv=None) -> int:
                 lv = level(url, clients, max(args.requests, 2 * clients), args.max_tokens)
                 print(name, json.dumps(lv), flush=True)
                 report["servers"][name].append(lv)
+            if args.soak:
+                report.setdefault("soak", {})[name] = soak(url, proc.pid, args.soak)
         finally:
             proc.terminate()
             proc.wait(30)
