@@ -3,11 +3,9 @@ against a server over a tiny model."""
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "test_interpreter"))
 
 
 def _script(name):
@@ -28,7 +26,7 @@ def test_gpu_engine_benchmark_smoke_runs_on_cpu(capsys):
 
 
 def test_load_benchmark_measures_a_level():
-    from test_server_faults import serving
+    from serving import serving
     from tiny import bpe_tokenizer, tiny_model
 
     from interpreter import Engine
@@ -37,7 +35,7 @@ def test_load_benchmark_measures_a_level():
     load = _script("load")
     tok = bpe_tokenizer()
     app = create_app(Engine(tiny_model("llama", len(tok)), tok), "smollm2-135m-instruct")
-    with serving(app) as url:
+    with serving(app) as (url, _):
         level = load.level(url, clients=2, requests=4, max_tokens=6)
     assert level["requests"] == 4 and 0 < level["completion_tokens"] <= 24
     assert level["p50_s"] <= level["p95_s"] and level["tokens_per_s"] > 0

@@ -2,14 +2,11 @@
 
 import json
 import re
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI
+from serving import serving
 from tiny import bpe_tokenizer, tiny_model
 
 from eval.judges import JudgmentCache, OpenAIJudge
@@ -136,18 +133,8 @@ def judge_server():
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": verdict},
                              "finish_reason": "stop"}]}
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", app
-    server.should_exit = True
-    thread.join(5)
+    with serving(app) as (url, _):
+        yield url + "/v1", app
 
 
 def test_openai_judge_both_orders_and_cache(judge_server, tmp_path):

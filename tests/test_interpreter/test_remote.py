@@ -1,11 +1,8 @@
 """The serving-engine backend: Pasta-Lang over /v1/completions, against the project's own server."""
 
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
+from serving import serving
 from tiny import bpe_tokenizer, memorize, tag_token_tokenizer, tiny_model
 
 from interpreter import Engine, Options, parse, prompt_ids
@@ -22,18 +19,9 @@ def served(request):
     tok = bpe_tokenizer() if request.param == "plain" else tag_token_tokenizer()
     engine = Engine(memorize(tiny_model("llama", len(tok)), tok, "List", STORED, steps=120), tok)
     app = create_app(engine, "tiny", defaults=Options(max_new_tokens=64))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield engine, f"http://127.0.0.1:{port}/v1", app
-    server.should_exit = True
-    thread.join(5)
+    with serving(app) as (url, _):
+        # the expected answers come from another engine over the same model: the app's thread owns its own
+        yield Engine(engine.model, tok), url + "/v1", app
 
 
 def test_remote_backend_decodes_the_same_structure_as_the_engine(served):

@@ -1,14 +1,12 @@
 """The OpenAI-compatible server, driven by the official openai client over loopback."""
 
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import uvicorn
+from serving import serving
 from tiny import bpe_tokenizer, tiny_model
 
 from interpreter import Engine, Options
@@ -22,19 +20,9 @@ def server():
     tok = bpe_tokenizer()
     engine = Engine(tiny_model("llama", len(tok)), tok)
     app = create_app(engine, "tiny-pasta", api_key=KEY, defaults=Options(max_new_tokens=24))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    # answers to compare with come from another engine over the same model: the app's thread owns its own
-    yield {"url": f"http://127.0.0.1:{port}", "engine": Engine(engine.model, tok), "app": app}
-    srv.should_exit = True
-    thread.join(5)
+    with serving(app) as (url, _):
+        # answers to compare with come from another engine over the same model: the app's thread owns its own
+        yield {"url": url, "engine": Engine(engine.model, tok), "app": app}
 
 
 def client(server, key=KEY):

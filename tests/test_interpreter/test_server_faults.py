@@ -2,14 +2,12 @@
 unsupported fields, /health, the cancelled counter, and the CLI's serve/generate flags."""
 
 import contextlib
-import socket
-import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
+from serving import serving as serve_in_thread
 from tiny import bpe_tokenizer, tiny_model
 
 from interpreter import Engine, Options, cli
@@ -23,20 +21,8 @@ X = [{"role": "user", "content": "x"}]  # the tiny model's answer to this runs p
 
 @contextlib.contextmanager
 def serving(app):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(5)
+    with serve_in_thread(app) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -295,24 +281,15 @@ def test_a_request_past_its_deadline_ends_with_what_it_has(engine):
 
 def test_shutdown_does_not_wait_for_a_decode(engine):
     app = create_app(alone(engine), "tiny-pasta")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
-                                        timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
     body = {"messages": X, "max_tokens": 2000, "mode": "sequential", "stream": True}
-    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60) as response:
+    with serve_in_thread(app, timeout_graceful_shutdown=5) as (url, srv), \
+            httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
         next(lines)
         while app.state.core.running == 0:
             time.sleep(0.01)
         started = time.time()
         srv.should_exit = True  # what SIGTERM does
-        thread.join(15)
-        assert not thread.is_alive() and time.time() - started < 8
+        srv.thread.join(15)
+        assert not srv.thread.is_alive() and time.time() - started < 8
     assert app.state.core.running == 0
