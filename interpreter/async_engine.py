@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 
 from .engine import Engine
-from .kv import KVBatch
 from .options import Options
 from .request import Request
 
@@ -96,7 +95,7 @@ class AsyncEngine:
         with self._lock:
             subscribers = list(self._subscribers.items())
         for request, (subscriber, stream) in subscribers:
-            if request.started == 0.0 and not request.done:
+            if not request.started:
                 continue  # still waiting for a place in the batch
             delta = request.take_delta() if stream else ""
             if delta:
@@ -107,10 +106,8 @@ class AsyncEngine:
                     del self._subscribers[request]
 
     def _fail(self, message: str) -> None:
-        engine = self.engine
         with self._lock:
             failed, self._subscribers = self._subscribers, {}
-            engine.waiting.clear()
-        engine.running, engine.kv = [], KVBatch(engine.model)
+            self.engine.reset()
         for subscriber, _ in failed.values():
             subscriber({"error": message})

@@ -107,7 +107,7 @@ class Engine:
         ended, joining = [], []
         while self.waiting and len(self.running) + len(joining) < self.max_batch:
             request = self.waiting.popleft()
-            if request._cancelled or (request.cancel_event is not None and request.cancel_event.is_set()):
+            if request.cancelled:
                 request.abort("cancelled")
                 ended.append(request)
             elif request.deadline is not None and time.perf_counter() > request.deadline:
@@ -126,6 +126,13 @@ class Engine:
                 request.begin(row, started, took)
             self.running += group
         return ended
+
+    def reset(self) -> list[Request]:
+        """Drops every request and the cache (after a step failed); returns the requests dropped."""
+        dropped = [*self.waiting, *self.running]
+        self.waiting.clear()
+        self.running, self.kv = [], KVBatch(self.model)
+        return dropped
 
     def _run(self, requests: list[Request]) -> None:
         while not all(r.done for r in requests):

@@ -83,7 +83,7 @@ class Request:
         self.total = 0  # tokens drawn by all threads
         self.forced = 0  # forced <async> tokens
         self.steered = self.looped = self.steps = 0
-        self.started = self.prefill_time = self.wall = 0.0
+        self.began = self.prefill_time = self.wall = 0.0
         self.finish = "stop"
         self.repairs: list[str] = []
         self.logits = [] if record_logits else None
@@ -96,20 +96,31 @@ class Request:
         """Stops decoding at the next step (finish_reason "cancelled"); safe from any thread."""
         self._cancelled = True
 
-    def begin(self, row: torch.Tensor, started: float, prefill_time: float) -> None:
-        """The prompt is in the cache (the engine placed `layout`); main draws its first token from `row`."""
-        self.started, self.prefill_time, self.steps = started, prefill_time, 1
+    @property
+    def cancelled(self) -> bool:
+        """Whether cancel() was called or the `cancel` event given at creation is set."""
+        return self._cancelled or (self.cancel_event is not None and self.cancel_event.is_set())
+
+    @property
+    def started(self) -> bool:
+        """Whether it has left the queue: prefilled, or ended before (abort)."""
+        return self.steps > 0 or self.done
+
+    def begin(self, row: torch.Tensor, began: float, prefill_time: float) -> None:
+        """The prompt is in the cache (the engine placed `layout`, its prefill began at perf_counter `began`);
+        main draws its first token from `row`."""
+        self.began, self.prefill_time, self.steps = began, prefill_time, 1
         self._accept([self.main], row[None])
 
     def abort(self, why: str) -> None:
         """Ends a request that never started (cancelled or timed out while it waited)."""
-        self.started = time.perf_counter()
+        self.began = time.perf_counter()
         self._cut_everything(why)
         self._finish()
 
     def schedule(self) -> Feed | None:
         """This step's tokens, after cancellation, deadline and budget are enforced; None once finished."""
-        if self._cancelled or (self.cancel_event is not None and self.cancel_event.is_set()):
+        if self.cancelled:
             self._cut_everything("cancelled")
         elif self.deadline is not None and time.perf_counter() > self.deadline:
             self._cut_everything("timeout")
@@ -150,7 +161,7 @@ class Request:
 
     def _finish(self) -> None:
         if not self.done:
-            self.done, self.wall = True, time.perf_counter() - self.started
+            self.done, self.wall = True, time.perf_counter() - self.began
 
     # -- the next step's tokens -----------------------------------------------------------------
     def _assemble(self) -> Feed | None:

@@ -91,3 +91,21 @@ def test_memory_follows_the_live_requests(engine):
     longest_prompt = len(engine.prompt_ids("question number 59 " * 5))
     assert widest <= longest_prompt + 2 * 11  # a prompt plus at most its answer and the padding beside it
     assert engine.kv.cache is None
+
+
+def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(engine, monkeypatch):
+    import queue
+
+    from interpreter import AsyncEngine
+
+    core = AsyncEngine(Engine(engine.model, engine.tokenizer))
+    core.start()
+    try:
+        updates = queue.Queue()
+        monkeypatch.setattr(core.engine.kv, "step", lambda feeds: 1 / 0)
+        core.submit(core.engine.prompt_ids("Hi"), "pasta", Options(max_new_tokens=5), updates.put)
+        assert "ZeroDivisionError" in updates.get(timeout=30)["error"]
+        core.submit(core.engine.prompt_ids("Hi"), "pasta", Options(max_new_tokens=5), updates.put, stream=False)
+        assert updates.get(timeout=30)["result"].tokens == 5  # a fresh batch: the broken one was dropped
+    finally:
+        core.shutdown()
