@@ -113,7 +113,8 @@ def pairs_for(samples: dict[str, list[dict]], lam: float, repaired: str = "worst
         if score(best, lam) <= score(worst, lam) or broken(best):
             continue  # nothing to learn from this prompt
         out.append({"id": prompt_id, "messages": best["messages"], "chosen": best["stored"],
-                    "rejected": worst["stored"], "lambda": lambda_name(lam),
+                    "rejected": worst["stored"], "chosen_layout": best.get("layout"),
+                    "rejected_layout": worst.get("layout"), "lambda": lambda_name(lam),
                     "chosen_speedup": best["speedup"], "chosen_quality": best["quality"],
                     "rejected_speedup": worst["speedup"], "rejected_quality": worst["quality"]})
     return out
@@ -132,7 +133,7 @@ def main(args: PairsArguments) -> dict:
     settings = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed, **({"stop_loops": True} if args.stop_loops else {})}
     done = {(row["id"], row["score_seed"]): row for row in read_rows(cache_file)
-            if row.get("policy") == policy and row.get("settings") == settings}
+            if row.get("policy") == policy and row.get("settings") == settings and "layout" in row}
     judge = make_judge(args.judge, JudgmentCache(out / f"judgments-{args.judge}.jsonl"),
                        proxy_reference=args.proxy_reference, judge_model=args.judge_model,
                        base_url=args.judge_base_url, api_key_env=args.judge_api_key_env, device=args.device)
@@ -144,11 +145,12 @@ def main(args: PairsArguments) -> dict:
             chunk = seeds[start:start + args.batch]
             results = engine.generate_many(p["messages"], [Options(
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                seed=args.seed * 100003 + j, stop_loops=args.stop_loops) for j in chunk])
+                seed=args.seed * 100003 + j, stop_loops=args.stop_loops) for j in chunk], record_layout=True)
             rows = [{"id": p["id"], "score_seed": j, "policy": policy, "settings": settings, "messages": p["messages"],
                      "stored": r.stored, "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs),
                      "finish_reason": r.finish_reason, "looped": r.looped, "threads": r.threads,
-                     "speedup": measure(r.stored, tok).theoretical_speedup}
+                     "speedup": measure(r.stored, tok).theoretical_speedup,
+                     "layout": r.layout.to_dict()}  # the tokens drawn, which preference training scores
                     for j, r in zip(chunk, results)]
             append_rows(cache_file, rows)
             done.update({(row["id"], row["score_seed"]): row for row in rows})

@@ -29,7 +29,10 @@ class PastaCollator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
 
     def layout(self, example: dict) -> Layout:
-        """The prompt as the engine feeds it, the answer, and the token that ends the turn."""
+        """The prompt as the engine feeds it, the answer, and the token that ends the turn; or, for an answer
+        the engine drew (`layout`: Result.layout.to_dict()), exactly what it fed and drew."""
+        if example.get("layout") is not None:
+            return Layout.from_dict(example["layout"])
         return build_layout(example[self.text_field], self.tokenizer, prompt_ids(self.tokenizer, example["messages"]),
                             self.end_id)
 

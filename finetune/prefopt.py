@@ -71,7 +71,9 @@ class PairCollator:
         self.collator = collator
 
     def __call__(self, rows: list[dict]) -> dict:
-        examples = [{"messages": r["messages"], "annotated": r[side]} for side in ("chosen", "rejected") for r in rows]
+        # a pair sampled with its layouts trains on the tokens the policy drew, not a re-tokenization of its text
+        examples = [{"messages": r["messages"], "annotated": r[side], "layout": r.get(f"{side}_layout")}
+                    for side in ("chosen", "rejected") for r in rows]
         batch = self.collator(examples)
         batch.pop("labels")
         batch.pop("real_tokens")

@@ -58,10 +58,13 @@ class Engine:
 
     # -- the loop ----------------------------------------------------------------------------------
     def add(self, prompt, mode: str = "pasta", options: Options | None = None, source=None,
-            record_logits: bool = False, cancel=None, deadline: float | None = None) -> Request:
+            record_logits: bool = False, cancel=None, deadline: float | None = None,
+            record_layout: bool = False) -> Request:
         """Queues a request (a prompt, messages or ids); `step` decodes it. `cancel`: anything with
-        is_set(); `deadline`: a time.perf_counter() after which it ends with finish_reason "timeout"."""
-        request = Request(self, self.prompt_ids(prompt), mode, options, source, record_logits, cancel, deadline)
+        is_set(); `deadline`: a time.perf_counter() after which it ends with finish_reason "timeout";
+        `record_layout`: its Result carries the Layout of what it fed and drew (to train on)."""
+        request = Request(self, self.prompt_ids(prompt), mode, options, source, record_logits, cancel, deadline,
+                          record_layout)
         self.waiting.append(request)
         return request
 
@@ -140,8 +143,8 @@ class Engine:
 
     # -- entry points --------------------------------------------------------------------------------
     def generate(self, prompt, mode: str = "pasta", options: Options | None = None, source=None,
-                 record_logits: bool = False, cancel=None) -> Result:
-        request = self.add(prompt, mode, options, source, record_logits, cancel)
+                 record_logits: bool = False, cancel=None, record_layout: bool = False) -> Result:
+        request = self.add(prompt, mode, options, source, record_logits, cancel, record_layout=record_layout)
         self._run([request])
         return request.result()
 
@@ -167,11 +170,12 @@ class Engine:
                 request.cancel()
                 self._run([request])
 
-    def generate_many(self, prompt, options: list[Options], sources: list | None = None) -> list[Result]:
+    def generate_many(self, prompt, options: list[Options], sources: list | None = None,
+                      record_layout: bool = False) -> list[Result]:
         """Several answers to one prompt in pasta mode, decoded together (best-of-N sampling): one prefill,
         then a batch row per answer, so each answer is what `generate` with its options (and source) gives.
         A result's wall_time is the time until its answer finished."""
-        requests = [self.add(prompt, "pasta", o, s)
+        requests = [self.add(prompt, "pasta", o, s, record_layout=record_layout)
                     for o, s in zip(options, sources or [None] * len(options), strict=True)]
         self._run(requests)
         return [r.result() for r in requests]

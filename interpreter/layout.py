@@ -205,6 +205,17 @@ class Layout:
     def bool_mask(self) -> np.ndarray:
         return bits_to_rows(self.visibility, len(self))
 
+    def to_dict(self) -> dict:
+        """JSON-safe (visibility bitsets as hex strings)."""
+        return {"input_ids": self.input_ids, "thread": self.thread, "position_ids": self.position_ids,
+                "visibility": [format(v, "x") for v in self.visibility], "targets": self.targets,
+                "prompt_len": self.prompt_len}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Layout:
+        return cls(d["input_ids"], d["thread"], d["position_ids"], [int(v, 16) for v in d["visibility"]],
+                   d["targets"], d["prompt_len"])
+
     def additive_mask(self, dtype=None):
         """The L×L float mask (0 where visible, -inf elsewhere) that HF models take as 4D."""
         import torch
@@ -212,6 +223,42 @@ class Layout:
         dtype = dtype or torch.float32
         allowed = torch.from_numpy(self.bool_mask())
         return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+class LayoutRecorder:
+    """A decode as it happened, for training on it: every token a request fed, in arrival order, with the
+    position and visibility a `ThreadLayout` of its own gives it (the engine's calls mirrored, over this
+    request's tokens only), and as target the token its logits row drew. `Layout` of it scores exactly the
+    tokens the model drew, not a re-tokenization of their text."""
+
+    def __init__(self, prompt_ids: list[int]) -> None:
+        self.lay = ThreadLayout()
+        self.ids: list[int] = []
+        self.thread: list[int] = []
+        self.pos: list[int] = []
+        self.vis: list[int] = []
+        self.targets: list[int] = []
+        self.prompt_len = len(prompt_ids)
+        for token in prompt_ids:
+            self.feed(token, MAIN, PROMPT)
+
+    def feed(self, token: int, thread: int, label: int | None = None) -> int:
+        """A token enters; returns its index."""
+        _, p, v = self.lay.append(thread)
+        self.ids.append(token)
+        self.thread.append(thread if label is None else label)
+        self.pos.append(p)
+        self.vis.append(v)
+        self.targets.append(IGNORE)
+        return len(self.ids) - 1
+
+    def drew(self, index: int, token: int) -> None:
+        """The logits row of token `index` drew `token`."""
+        self.targets[index] = token
+
+    def layout(self) -> Layout:
+        return Layout(list(self.ids), list(self.thread), list(self.pos), list(self.vis), list(self.targets),
+                      self.prompt_len)
 
 
 def build_layout(stored: str | Document, tokenizer, prompt_ids: list[int], end_id: int | None = None) -> Layout:

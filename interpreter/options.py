@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .layout import Layout
+
 MAX_SEED = 2**63  # torch generators take seeds below this
 
 
@@ -52,6 +54,7 @@ class Result:
     steered: int = 0  # draws the tag guard replaced
     looped: int = 0  # threads ended in a loop (Options.stop_loops), main included
     logits: list[tuple[int, torch.Tensor]] | None = None  # (thread, logits row) per draw, if recorded
+    layout: Layout | None = None  # what was fed and drawn, in arrival order (record_layout): to train on
 
     @property
     def tokens_per_second(self) -> float:

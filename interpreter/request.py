@@ -19,7 +19,7 @@ import torch
 
 from .detok import Detokenizer
 from .kv import Feed
-from .layout import MAIN, ThreadLayout
+from .layout import MAIN, LayoutRecorder, ThreadLayout
 from .options import Options, Result
 from .repetition import LOOP_TAIL, loops
 from .sampling import Sampler
@@ -67,7 +67,8 @@ class Request:
     `take_delta` gives the text that can no longer change since the last call; `result` the end."""
 
     def __init__(self, engine, prompt_ids: list[int], mode: str = "pasta", opts: Options | None = None,
-                 source=None, record_logits: bool = False, cancel=None, deadline: float | None = None):
+                 source=None, record_logits: bool = False, cancel=None, deadline: float | None = None,
+                 record_layout: bool = False):
         if mode not in ("pasta", "sequential"):
             raise ValueError(f"mode must be 'pasta' or 'sequential', not {mode!r}")
         self.e, self.opts, self.mode = engine, opts or Options(), mode
@@ -87,6 +88,8 @@ class Request:
         self.finish = "stop"
         self.repairs: list[str] = []
         self.logits = [] if record_logits else None
+        self.trace = LayoutRecorder(self.prompt_ids) if record_layout else None
+        self._trace_rows: list[int] = []  # the trace's index of each token drawing this step
         self.sent = 0  # characters of the stitched answer handed out by take_delta
         self.done = False
         self._drawing: list[Thread] = []
@@ -110,6 +113,7 @@ class Request:
         """The prompt is in the cache (the engine placed `layout`, its prefill began at perf_counter `began`);
         main draws its first token from `row`."""
         self.began, self.prefill_time, self.steps = began, prefill_time, 1
+        self._trace_rows = [len(self.prompt_ids) - 1]
         self._accept([self.main], row[None])
 
     def abort(self, why: str) -> None:
@@ -152,7 +156,8 @@ class Request:
             mode=self.mode, finish_reason=self.finish, prompt_tokens=len(self.prompt_ids),
             tokens=self.total + self.forced, thread_tokens=[t.drawn for t in threads], steps=self.steps,
             threads=len(self.blocks), wall_time=self.wall, prefill_time=self.prefill_time, repairs=self.repairs,
-            steered=self.steered, looped=self.looped, logits=self.logits)
+            steered=self.steered, looped=self.looped, logits=self.logits,
+            layout=self.trace.layout() if self.trace is not None else None)
 
     def snapshot(self) -> list[dict]:
         """Every thread's state and text so far (main's text without its blocks)."""
@@ -167,16 +172,18 @@ class Request:
     def _assemble(self) -> Feed | None:
         """The tokens of the next step, in cache order, or None when every thread is finished."""
         ids, pos, vis, draw = [], [], [], []
-        self._drawing = []
+        self._drawing, self._trace_rows = [], []
 
         def put(th: Thread, token: int, drawing: bool) -> None:
             _, p, v = self.layout.append(th.tid)
             ids.append(token)
             pos.append(p)
             vis.append(v)
+            traced = self.trace.feed(token, th.tid) if self.trace is not None else None
             if drawing:
                 draw.append(len(ids) - 1)
                 self._drawing.append(th)
+                self._trace_rows.append(traced)
 
         for b in self.blocks:  # blocks first: a sync released this step must see their last tokens
             if b.state in (RUNNING, CLOSING) and b.feed:
@@ -189,12 +196,16 @@ class Request:
         main = self.main
         if main.state == WAITING and all(b.state == DONE for b in self.blocks):
             self.layout.sync()
+            if self.trace is not None:
+                self.trace.lay.sync()
             main.state, main.feed, main.held = RUNNING, [main.held], None
         if main.state == RUNNING and main.feed:
             put(main, main.feed[0], True)
             main.feed = []
             for tag in main.forks:
                 tid = self.layout.fork(min(tag.tokens, self.opts.max_promise_tokens))
+                if self.trace is not None:
+                    self.trace.lay.fork(min(tag.tokens, self.opts.max_promise_tokens))
                 block = Thread(tid, Detokenizer(self.e.tokenizer, self.e.async_ids))
                 block.state, block.feed = QUEUED, list(self.e.async_ids)
                 self.blocks.append(block)
@@ -219,6 +230,8 @@ class Request:
             if self.guard is not None:
                 token, steered = self.guard.choose(rows[i], th, token, self.source)
                 self.steered += steered
+            if self.trace is not None:
+                self.trace.drew(self._trace_rows[i], token)
             th.drawn += 1
             self.total += 1
             if th.tid == MAIN:

@@ -14,6 +14,7 @@ from eval.pairs import PairsArguments, pairs_for
 from eval.pairs import main as make_pairs
 from finetune.collator import PastaCollator
 from finetune.prefopt import PairCollator, PrefOptArguments, run_rounds, sequence_logps, train_pairs
+from interpreter import Engine, Script, encode, turn_end_id
 
 FAST = '<promise topic="a" tokens="4"/><async> one</async><promise topic="b" tokens="4"/><async> two</async><sync/>'
 SLOW = " one two"
@@ -73,6 +74,7 @@ def test_pairs_are_sampled_judged_and_cached(run):
         for line in (run / "po1" / f"pairs-l{name}.jsonl").read_text().splitlines():
             pair = json.loads(line)
             assert pair["chosen"] != pair["rejected"] or pair["chosen_quality"] != pair["rejected_quality"]
+            assert pair["chosen_layout"]["targets"] and pair["rejected_layout"]["targets"]  # the tokens drawn
     make_pairs(args)  # every sample is cached
     cache = run / "po1" / "samples.jsonl"
     lines = cache.read_text().splitlines()
@@ -87,6 +89,30 @@ def test_pairs_are_sampled_judged_and_cached(run):
     assert len(cache.read_text().splitlines()) == 18
     make_pairs(dataclasses.replace(args, stop_loops=True))  # so does stopping loops
     assert len(cache.read_text().splitlines()) == 27
+
+
+def test_preference_training_scores_the_tokens_the_policy_drew():
+    """A policy may draw a text in other tokens than the tokenizer would cut it into (here: one character a
+    token). Training must score the tokens drawn, whose log-probabilities the policy really produced."""
+    tok = bpe_tokenizer()
+    model = tiny_model("llama", len(tok))
+    chars = lambda text: [t for c in text for t in encode(tok, c)]  # noqa: E731
+    script = Script(chars("Tips:") + encode(tok, '<promise topic="a" tokens="4"/>') + chars(" ok"),
+                    [chars(" one") + encode(tok, "</async>")], turn_end_id(tok))
+    result = Engine(model, tok).generate(Q, source=script, record_logits=True, record_layout=True)
+    drawn = {0: script.main + [turn_end_id(tok)], 1: script.blocks[0]}
+    taken = dict.fromkeys(drawn, 0)
+    expected = 0.0
+    for thread, row in result.logits:  # each draw's logits row, in the order they were drawn
+        expected += row.log_softmax(-1)[drawn[thread][taken[thread]]].item()
+        taken[thread] += 1
+    pair = {"messages": Q, "chosen": result.stored, "rejected": result.stored,
+            "chosen_layout": result.layout.to_dict(), "rejected_layout": None}
+    with torch.no_grad():
+        logp, count = sequence_logps(model, PairCollator(PastaCollator(tok))([pair]))
+    assert count[0] == sum(map(len, drawn.values()))
+    assert logp[0].item() == pytest.approx(expected, abs=1e-3)  # the drawn tokens, as the policy scored them
+    assert abs(logp[1].item() - expected) > 1.0  # the text re-tokenized: other tokens, another score
 
 
 def _margin(model, tok, rows):
