@@ -7,7 +7,6 @@ Every recipe key is also a flag, and flags override the recipe (TRL's TrlParser)
 """
 
 import os
-import sys
 
 
 def main(argv=None) -> None:
@@ -16,14 +15,15 @@ def main(argv=None) -> None:
     from interpreter import ModelNotFound
 
     from .data import DatasetError
+    from .errors import fail, parse
     from .sft import FinetuneArguments, check_args, train
 
     parser = TrlParser((FinetuneArguments, SFTConfig, ModelConfig), prog="python -m finetune", description=__doc__)
+    args, sft, model_args = parse(parser, argv)
     try:
-        args, sft, model_args = parser.parse_args_and_config(argv)
         check_args(args, sft, model_args)
     except (ValueError, OSError) as err:
-        parser.error(str(err))
+        fail(parser.prog, err)
     if "wandb" in sft.report_to and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # logs locally unless an account is set up
     variants = ["pasta", "baseline"] if args.variant == "both" else [args.variant]
@@ -31,7 +31,7 @@ def main(argv=None) -> None:
         for variant in variants:
             train(variant, args, sft, model_args)
     except (DatasetError, ModelNotFound, ValueError) as err:
-        sys.exit(f"python -m finetune: {err}")
+        fail(parser.prog, err)
 
 
 if __name__ == "__main__":

@@ -253,13 +253,14 @@ def main(argv=None) -> None:
     from interpreter import ModelNotFound
 
     from .data import DatasetError
+    from .errors import fail, parse
 
     parser = TrlParser((CheckArguments,), prog="python -m finetune.check", description=__doc__)
-    (args,) = parser.parse_args_and_config(argv)
+    (args,) = parse(parser, argv)
     try:
         print(json.dumps(check(args), indent=1))
     except (DatasetError, ModelNotFound, OSError, ValueError) as err:
-        sys.exit(f"python -m finetune.check: {err}")
+        fail(parser.prog, err)
 
 
 if __name__ == "__main__":

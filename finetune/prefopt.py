@@ -201,12 +201,14 @@ def run_rounds(args: PrefOptArguments, training: TrainingArguments, model_args: 
 def main(argv=None) -> None:
     from trl import TrlParser
 
+    from .errors import fail, parse
+
     parser = TrlParser((PrefOptArguments, TrainingArguments, ModelConfig), prog="python -m finetune.prefopt",
                        description=__doc__)
-    args, training, model_args = parser.parse_args_and_config(argv)
+    args, training, model_args = parse(parser, argv)
     if args.stage == "train":
         if not (args.pairs and args.output_name and model_args.model_name_or_path):
-            parser.error("stage train needs --pairs, --output_name and --model_name_or_path (the policy)")
+            fail(parser.prog, "stage train needs --pairs, --output_name and --model_name_or_path (the policy)")
         train_pairs(model_args.model_name_or_path, Path(args.pairs), Path(args.run_dir) / "models" / args.output_name,
                     args, training, model_args)
     else:

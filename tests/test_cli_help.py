@@ -17,3 +17,11 @@ def test_help(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("usage:")
+
+
+@pytest.mark.parametrize("module", ["finetune", "finetune.check", "finetune.prefopt"])
+def test_a_missing_recipe_is_one_line(module, tmp_path):
+    out = subprocess.run([sys.executable, "-m", module, "--config", str(tmp_path / "nope.yaml")], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"python -m {module}: error: [Errno 2] No such file or directory: '{tmp_path / 'nope.yaml'}'"]

@@ -1,6 +1,7 @@
 """`python -m finetune` end to end on a tiny random model: LoRA and full, both variants, merge, resume, errors."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -114,16 +115,26 @@ def test_tag_token_learning_rate_moves_the_new_rows_further(setup, tmp_path):
     assert moved["1e-2"] > 10 * moved["1e-4"] > 0
 
 
-def test_the_dataset_sets_the_tokenization(setup, tmp_path):
+def refused(capsys, pattern, call, *args):
+    """`call(*args)` exits 2, its last words on stderr one line that matches `pattern` (progress bars before it)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        call(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and re.search(pattern, err[-1]), err[-3:]
+    assert err[-1].startswith("python -m finetune: error: ") and "Traceback" not in "".join(err)
+
+
+def test_the_dataset_sets_the_tokenization(setup, tmp_path, capsys):
     """A dataset measured with tag tokens trains a student with them; a recipe that says otherwise is refused."""
     data = tmp_path / "data"
     shutil.copytree(setup["data"], data)
     (data / "stats.json").write_text(json.dumps({"tag_tokens": True}))
     main(["--run_dir", str(tmp_path), "--dataset", str(data), "--model_name_or_path", setup["model"], *FAST])
     assert has_tag_tokens(load_model(str(tmp_path / "models" / "pasta-sft"))[1])
-    with pytest.raises(SystemExit, match=r"tag_tokens=True, but add_tag_tokens is False"):
-        main(["--run_dir", str(tmp_path / "b"), "--dataset", str(data), "--model_name_or_path", setup["model"],
-              *FAST, "--add_tag_tokens", "false"])
+    refused(capsys, r"tag_tokens=True, but add_tag_tokens is False", main,
+            ["--run_dir", str(tmp_path / "b"), "--dataset", str(data), "--model_name_or_path", setup["model"],
+             *FAST, "--add_tag_tokens", "false"])
 
 
 def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(setup, tmp_path):
@@ -143,11 +154,10 @@ def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(setup, tm
 
 
 def test_errors_say_what_went_wrong_and_where(setup, tmp_path, capsys):
-    with pytest.raises(SystemExit, match=r"nowhere: not a saved DatasetDict.*make dataset"):
-        main(["--run_dir", str(tmp_path), "--dataset", str(tmp_path / "nowhere"), "--model_name_or_path",
-              setup["model"], *FAST])
-    with pytest.raises(SystemExit, match=r"resume_from_checkpoint: .*nothing-here is not a checkpoint folder"):
-        run(setup, tmp_path, "--resume_from_checkpoint", str(tmp_path / "nothing-here"))
-    with pytest.raises(SystemExit):
-        run(setup, tmp_path, "--packing", "true")
-    assert "packing / padding_free would drop the 4D PASTA masks" in capsys.readouterr().err
+    refused(capsys, r"nowhere: not a saved DatasetDict.*make dataset", main,
+            ["--run_dir", str(tmp_path), "--dataset", str(tmp_path / "nowhere"), "--model_name_or_path",
+             setup["model"], *FAST])
+    refused(capsys, r"resume_from_checkpoint: .*nothing-here is not a checkpoint folder", run, setup, tmp_path,
+            "--resume_from_checkpoint", str(tmp_path / "nothing-here"))
+    refused(capsys, r"packing / padding_free would drop the 4D PASTA masks", run, setup, tmp_path, "--packing", "true")
+    refused(capsys, r"python -m finetune: error: .*no-such\.yaml", main, ["--config", str(tmp_path / "no-such.yaml")])
