@@ -131,8 +131,16 @@ def _decoding_args(p: argparse.ArgumentParser) -> None:
                    "(its last 48 words repeat themselves); small models loop under greedy decoding")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Takes every --dashed-flag also as --underscored_flag, the spelling of the other stages' CLIs (TRL's)."""
+
+    def add_argument(self, *names, **kwargs):
+        extra = tuple("--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:])
+        return super().add_argument(*names, *extra, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m interpreter", description=__doc__)
+    parser = _Parser(prog="python -m interpreter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a stored sequence; print its stats as one JSON line")
     p.add_argument("file", help="a file holding one stored sequence, or - for stdin")

@@ -60,3 +60,11 @@ def test_validate_with_embedded_tokenizer_reports_costs(tmp_path):
     stats = json.loads(out.stdout)
     assert stats["blocks"] == 1 and stats["sequential_tokens"] > 0
     assert stats["parallel_steps"] > 0 and "theoretical_speedup" in stats and "parallelism" in stats
+
+
+def test_flags_take_both_spellings():
+    from interpreter.cli import build_parser
+
+    dashed = build_parser().parse_args(["generate", "--prompt", "x", "--max-new-tokens", "7", "--stop-loops"])
+    underscored = build_parser().parse_args(["generate", "--prompt", "x", "--max_new_tokens", "7", "--stop_loops"])
+    assert vars(dashed) == vars(underscored) and dashed.max_new_tokens == 7 and dashed.stop_loops
