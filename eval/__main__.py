@@ -1,9 +1,8 @@
 """python -m eval --config configs/demo/eval.yaml [--flag value ...]: quality and speed of every method."""
 
-from trl import TrlParser
+import sys
 
-from .run import EvalArguments, main
+from .run import cli
 
 if __name__ == "__main__":
-    (args,) = TrlParser((EvalArguments,), prog="python -m eval", description=__doc__).parse_args_and_config()
-    main(args)
+    sys.exit(cli())

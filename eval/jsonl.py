@@ -8,15 +8,40 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
+def kind(value) -> str:
+    """A JSON value's kind as a message names it: null, a list, a number, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "text" if value.strip() else "blank text"
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}[type(value)]
+
+
+class JsonlError(ValueError):
+    """A cache line that a kill cannot explain (not JSON, not UTF-8, not an object); names the file and line."""
+
+
 def read_rows(path: Path) -> Iterator[dict]:
     """Every complete row of `path` (none if it does not exist); a row cut by a kill is made again by the caller."""
     if not path.exists():
         return
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
+    lines = path.read_bytes().split(b"\n")
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+            # append_rows writes whole lines, so only a last line without its newline can be cut by a kill
+            if n == len(lines):
+                continue
+            what = (f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError)
+                    else f"not UTF-8 at column {err.start + 1}")
+            raise JsonlError(f"{path}:{n}: broken row ({what}); delete that line and its row is made again") from None
+        if not isinstance(row, dict):
+            raise JsonlError(f"{path}:{n}: a row must be a JSON object, not {kind(row)}; delete that line "
+                             "and its row is made again")
+        yield row
 
 
 def append_rows(path: Path, rows: Iterable[dict]) -> None:

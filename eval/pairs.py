@@ -189,5 +189,14 @@ def main(args: PairsArguments) -> dict:
 if __name__ == "__main__":
     from trl import TrlParser
 
-    (parsed,) = TrlParser((PairsArguments,), prog="python -m eval.pairs", description=__doc__).parse_args_and_config()
-    main(parsed)
+    from interpreter import ModelNotFound
+
+    from .jsonl import JsonlError
+
+    parser = TrlParser((PairsArguments,), prog="python -m eval.pairs", description=__doc__)
+    try:
+        (parsed,) = parser.parse_args_and_config()
+        main(parsed)
+    except (JsonlError, ModelNotFound, ValueError, OSError) as err:  # one line, as every stage fails
+        print(f"python -m eval.pairs: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

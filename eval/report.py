@@ -9,6 +9,8 @@ import json
 import re
 from pathlib import Path
 
+from interpreter.tags import Lexer, Tag, Text
+
 COLUMNS = ["method", "model", "n", "win_rate", "lc_win_rate", "lc_ci_low", "lc_ci_high", "wall_speedup",
            "theoretical_speedup", "parallelism", "tokens_per_s", "mean_tokens", "cut", "looped", "repaired",
            "block_repetition"]
@@ -88,11 +90,18 @@ def alpaca_eval_export(generations: dict[str, list[dict]], prompts: dict[str, di
         (folder / f"{_slug(name)}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
 
 
-_TAG = re.compile(r"(&lt;promise [^&]*?/&gt;|&lt;/?async&gt;|&lt;sync\s*/&gt;)")
-
-
-def _highlight(stored: str) -> str:
-    return _TAG.sub(r'<mark>\1</mark>', html.escape(stored))
+def highlight(stored: str) -> str:
+    """`stored` as HTML: every piece escaped, each Pasta-Lang tag in <mark>; a malformed tag titled with its rule."""
+    lexer = Lexer()  # the language's own reading of the tags, on the raw text (escaping first hides them)
+    parts = []
+    for ev in lexer.feed(stored) + lexer.close():
+        if isinstance(ev, Text):
+            parts.append(html.escape(ev.text))
+        elif isinstance(ev, Tag):
+            parts.append(f"<mark>{html.escape(ev.raw)}</mark>")
+        else:
+            parts.append(f"<mark class='bad' title='{html.escape(ev.message)}'>{html.escape(ev.raw)}</mark>")
+    return "".join(parts)
 
 
 def html_report(prompts: list[dict], generations: dict[str, dict[str, dict]], prefs: dict[str, dict[str, float]],
@@ -102,7 +111,8 @@ def html_report(prompts: list[dict], generations: dict[str, dict[str, dict]], pr
     parts = ["<!doctype html><meta charset='utf-8'><title>PASTA evaluation</title><style>",
              "body{font-family:system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse;width:100%}",
              "td,th{border:1px solid #ccc;vertical-align:top;padding:.4em;font-size:13px}",
-             "pre{white-space:pre-wrap;margin:0}mark{background:#ffe08a}details{margin:.3em 0}",
+             "pre{white-space:pre-wrap;margin:0}mark{background:#ffe08a}mark.bad{background:#f5b5b5}",
+             "details{margin:.3em 0}",
              ".meta{color:#666;font-size:11px}</style>",
              f"<h1>PASTA evaluation</h1><p>Judge: <b>{html.escape(judge_label)}</b></p>",
              f"<pre>{html.escape(table_md)}</pre>"]
@@ -121,7 +131,7 @@ def html_report(prompts: list[dict], generations: dict[str, dict[str, dict]], pr
                     + (f" · preference {pref:.2f}" if pref is not None else ""))
             stored = ""
             if g.get("stored") and g["stored"] != g["text"]:
-                stored = f"<details><summary>stored form</summary><pre>{_highlight(g['stored'])}</pre></details>"
+                stored = f"<details><summary>stored form</summary><pre>{highlight(g['stored'])}</pre></details>"
             parts.append(f"<td><div class='meta'>{meta}</div><pre>{html.escape(g['text'])}</pre>{stored}</td>")
         parts.append("</tr></table>")
     path.write_text("".join(parts))

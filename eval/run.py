@@ -14,14 +14,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from interpreter import Engine, Options, cross_block_repetition, load_model, parse
+from interpreter import Engine, ModelNotFound, Options, cross_block_repetition, load_model, parse
 
 from . import report
-from .jsonl import append_rows, read_rows
+from .jsonl import JsonlError, append_rows, read_rows
 from .judges import JudgmentCache, OpenAIJudge, make_judge
 from .methods import Pasta, Sequential, SkeletonOfThought
 from .pattern import PatternDecoder
-from .prompts import load_prompts
+from .prompts import PromptFileError, check_sets, load_prompts
 from .shards import merge, parse_shard, shard_path
 from .winrate import bootstrap, geomean, lc_win_rate, win_rate
 
@@ -240,6 +240,7 @@ def main(args: EvalArguments) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     sets = [args.prompts] if isinstance(args.prompts, str) else list(args.prompts)
     prompts = {name: load_prompts(name, args.limit) for name in sets}
+    check_sets(prompts)
     if args.shard:
         index, count = parse_shard(args.shard)
         done = generate(args, [p for rows in prompts.values() for p in rows], out, (index, count))
@@ -261,3 +262,51 @@ def main(args: EvalArguments) -> list[dict]:
     (out / "args.json").write_text(json.dumps(asdict(args), indent=1))
     print(f"({time.time() - started:.0f} s)")
     return rows
+
+
+DESCRIPTION = "python -m eval --config configs/demo/eval.yaml [--flag value ...]: quality and speed of every method."
+
+
+def parse_args(argv: list[str] | None = None) -> EvalArguments:
+    """The flags, over the YAML recipe named by --config."""
+    from trl import TrlParser
+
+    (args,) = TrlParser((EvalArguments,), prog="python -m eval", description=DESCRIPTION).parse_args_and_config(argv)
+    return args
+
+
+def _one_line(err: BaseException | str) -> str:
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return " ".join(str(err).split())  # a YAML error spans lines
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`python -m eval`: runs `main`; an error a user can cause is one line on stderr and exit status 2."""
+    import yaml
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+    except OSError as err:  # a config file that cannot be read; the message names it
+        return _fail(_one_line(err))
+    except (ValueError, yaml.YAMLError) as err:  # a broken config file, or a key it may not have
+        where = f"{argv[argv.index('--config') + 1]}: " if "--config" in argv[:-1] else ""
+        return _fail(where + _one_line(err))
+    try:
+        main(args)
+    except (PromptFileError, JsonlError, ModelNotFound, ValueError, OSError) as err:
+        return _fail(_one_line(err))
+    except SystemExit as err:  # the checks of plan, shards and judges stop with their message
+        if isinstance(err.code, str):
+            return _fail(_one_line(err.code))
+        raise
+    except KeyboardInterrupt:
+        print("eval: interrupted; run the same command again to go on from the caches", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
