@@ -9,7 +9,7 @@ from pathlib import Path
 
 from interpreter import measure, parse
 
-from . import shards, writer
+from . import runfolder, shards, writer
 from .answers import fill_answers
 from .filters import check_answer, check_reply, keep_share
 from .sources import load_records
@@ -66,6 +66,7 @@ def annotate_records(cfg, records, cache_dir: Path) -> tuple[list[dict], Counter
         verdict = check_reply(replies[record.id], record.answer, tokenizer, cfg.tokens_granularity, cfg.min_blocks,
                               cfg.max_blocks)
         counts.update(f"fix:{fix}" for fix in verdict.fixes)
+        teacher.record_verdict(record, verdict.rule)
         if verdict.rule:
             counts[verdict.rule] += 1
             if verdict.detail:
@@ -77,8 +78,20 @@ def annotate_records(cfg, records, cache_dir: Path) -> tuple[list[dict], Counter
 
 def build(cfg, command: str = "python -m data_gen") -> dict:
     """Builds <run folder>/dataset from the config; returns the stats it wrote. With --shard i/n, annotates
-    only that worker's records into its shard file; with --merge_shards n, builds from the n shard files."""
+    only that worker's records into its shard file; with --merge_shards n, builds from the n shard files.
+    Raises RunFolderBusy at once when another run holds the run folder (or, for a worker, its shard)."""
     cfg.check()
+    # workers of one run folder run side by side, each with its own caches and shard file: one lock each
+    name = "data_gen.shard-{}-of-{}".format(*shards.parse_shard(cfg.shard)) if cfg.shard else "data_gen"
+    with runfolder.hold(cfg.run_dir, name):
+        if not cfg.shard:
+            note = writer.recover(cfg.dataset_dir)
+            if note:
+                print(note, file=sys.stderr)
+        return _build(cfg, command)
+
+
+def _build(cfg, command: str) -> dict:
     began = time.perf_counter()
     # every worker and the merge read and order the same records, so `i::n` is the same split everywhere
     records, counts = load_records(cfg.source, cfg.source_format, cfg.source_split, cfg.max_examples,

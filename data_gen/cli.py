@@ -36,12 +36,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from .build import DataGenError, build
     from .openai_teacher import TeacherError
+    from .runfolder import RunFolderBusy, WriteError
     from .shards import ShardError
     from .sources import SourceError
 
     try:
         stats = build(cfg, command=" ".join(["python -m data_gen", shlex.join(argv)]).strip())
-    except (DataGenError, ShardError, TeacherError, SourceError, ModelNotFound, ValueError, OSError) as err:
+    except (DataGenError, RunFolderBusy, WriteError, ShardError, TeacherError, SourceError, ModelNotFound,
+            ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -53,6 +53,8 @@ class DataGenConfig:
     openai_max_backoff: float = _help("longest wait between retries", 60.0)
     openai_temperature: float = _help("sampling temperature of the teacher", 0.0)
     openai_max_tokens: int = _help("longest reply the teacher may write", 4096)
+    openai_reply_tries: int = _help("replies a record may get over successive runs while the filters reject them: "
+                                    "a rejected reply is cached as such and asked again by the next run", 3)
 
     # Filters and the student's measures
     student: str = _help("tokenizer of the model that will learn from this set: promise lengths and cost measures",
@@ -96,7 +98,7 @@ class DataGenConfig:
         if self.answer_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--answer_dtype must be float32, bfloat16 or float16, not {self.answer_dtype!r}")
         for name in ("tokens_granularity", "max_blocks", "answer_batch_size", "openai_concurrency",
-                     "answer_max_new_tokens"):
+                     "answer_max_new_tokens", "openai_reply_tries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, not {getattr(self, name)}")
         if not 0 <= self.min_blocks <= self.max_blocks:

@@ -4,7 +4,8 @@ Requests run concurrently (bounded), each with a timeout and retries with expone
 429, 5xx, timeouts, dropped connections and broken replies. Every reply is appended to a cache
 keyed by a hash of (source record, teacher, prompt version) the moment it arrives, so a run
 killed at any point and started again repeats no answered request and writes each record once.
-Failed requests are not cached: the next run tries them again.
+Failed requests are not cached: the next run tries them again. A reply the filters reject is marked
+so in the cache, and later runs ask again until the record has had `openai_reply_tries` replies.
 """
 
 from __future__ import annotations
@@ -46,26 +47,39 @@ class OpenAITeacher:
         return key_of({"messages": record.messages, "answer": record.answer}, self.name, c.openai_temperature,
                       c.openai_max_tokens, prompt.version())
 
+    def _ask(self, record) -> bool:
+        entry = self.cache.get(self.key(record))
+        return entry is None or (bool(entry.get("rejected")) and entry.get("tries", 1) < self.cfg.openai_reply_tries)
+
     def annotate_all(self, records) -> dict[str, str | None]:
         """Reply of the teacher per record id (None where every try failed)."""
-        todo = [r for r in records if self.key(r) not in self.cache]
+        todo = [r for r in records if self._ask(r)]
         self.tally["cached"] = len(records) - len(todo)
+        self.tally["asked_again"] = sum(self.key(r) in self.cache for r in todo)
         if todo:
             asyncio.run(self._run(todo))
             t = self.tally
             print(f"data_gen: {self.name}: {t['requests']} requests ({t['retries']} retries), {t['answered']} "
                   f"answered, {t['failed']} records failed, {t['prompt_tokens']} prompt and {t['completion_tokens']} "
-                  f"completion tokens; {t['cached']} from the cache", file=sys.stderr)
+                  f"completion tokens; {t['cached']} from the cache, {t['asked_again']} asked again after a "
+                  "rejected reply", file=sys.stderr)
         out = {}
         for r in records:
             entry = self.cache.get(self.key(r))
             out[r.id] = entry["reply"] if entry else None
         return out
 
+    def record_verdict(self, record, rule: str | None) -> None:
+        """Marks the record's cached reply as rejected by filter `rule` (None: kept), so a later run asks again."""
+        entry = self.cache.get(self.key(record))
+        if entry is not None and entry.get("rejected") != rule:
+            self.cache.update(**{**entry, "rejected": rule})
+
     def summary(self) -> dict:
         t = self.tally
         return {"teacher": self.name, "base_url": self.cfg.openai_base_url, "prompt_version": prompt.version(),
-                "records_from_cache": t["cached"], "requests": t["requests"], "answered": t["answered"],
+                "records_from_cache": t["cached"], "asked_again_after_rejection": t["asked_again"],
+                "requests": t["requests"], "answered": t["answered"],
                 "retries": t["retries"], "failed_records": t["failed"],
                 "errors": {k[6:]: v for k, v in sorted(t.items()) if k.startswith("error:")},
                 "prompt_tokens": t["prompt_tokens"], "completion_tokens": t["completion_tokens"]}
@@ -155,8 +169,9 @@ class OpenAITeacher:
                       "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
             self.tally.update(tokens)
             self.tally["answered"] += 1
-            self.cache.put(self.key(record), id=record.id, reply=reply, finish_reason=resp.choices[0].finish_reason,
-                           **tokens)
+            before = self.cache.get(self.key(record))  # a rejected reply asked again
+            self.cache.update(self.key(record), id=record.id, reply=reply, finish_reason=resp.choices[0].finish_reason,
+                              **tokens, tries=(before.get("tries", 1) if before else 0) + 1)
             return
 
     def _wait(self, attempt: int, err) -> float:

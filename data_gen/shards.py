@@ -12,12 +12,16 @@ import json
 import os
 import re
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
+
+from .runfolder import writing
 
 # flags that change how a worker runs, not which rows it writes (or that only the merge applies)
 LOCAL = {"run_dir", "cache_dir", "shard", "merge_shards", "answer_batch_size", "answer_dtype", "openai_base_url",
          "openai_api_key_env", "openai_concurrency", "openai_timeout", "openai_max_retries", "openai_backoff",
-         "openai_max_backoff", "no_parallel_share", "test_size", "push_to_hub", "hub_repo_id", "hub_private"}
+         "openai_max_backoff", "openai_reply_tries", "no_parallel_share", "test_size", "push_to_hub", "hub_repo_id",
+         "hub_private"}
 
 
 class ShardError(RuntimeError):
@@ -53,17 +57,23 @@ def write(cfg, index: int, count: int, ids: list[str], rows: list[dict], counts:
           teacher) -> Path:
     """Writes one worker's candidate rows and tallies, complete or not at all (temporary file, then rename)."""
     path = records_path(cfg, index, count)
-    path.parent.mkdir(parents=True, exist_ok=True)
     by_id = {r["id"]: r for r in rows}
     header = {"shard": [index, count], "settings": settings(cfg), "records": len(ids), "counts": dict(counts),
               "answers": dict(answers), "teacher": teacher.name, "teacher_summary": teacher.summary()}
     lines = [header] + [{"id": rid, "row": by_id.get(rid)} for rid in ids]  # row None: rejected, in counts
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")  # one worker per shard: the caller holds the shard's lock
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -335,5 +335,8 @@ class StructuralTeacher:
         return {r.id: annotate(r.answer, self.tokenizer, self.granularity, self.min_blocks, self.max_blocks)
                 for r in tqdm(records, desc="teacher structural", unit="answer", dynamic_ncols=True)}
 
+    def record_verdict(self, record, rule: str | None) -> None:
+        """Nothing to note: the same answer always gets the same reply."""
+
     def summary(self) -> dict:
         return {"teacher": TEACHER}

@@ -7,10 +7,12 @@ import json
 import os
 import shutil
 import statistics
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 from .filters import FIXES, RULES
+from .runfolder import writing
 
 COLUMNS = {
     "id": "stable hash of the prompt and the original answer",
@@ -163,25 +165,71 @@ def _jsonl(rows: list[dict], path: Path) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def write(out: Path, train: list[dict], test: list[dict], stats: dict, command: str) -> None:
-    """Writes everything to a temporary folder beside `out`, then swaps it in."""
-    from datasets import Dataset, DatasetDict
+def backup_path(out: Path) -> Path:
+    """Where `write` moves the published dataset while it swaps the new one in."""
+    return out.parent / f".{out.name}.old"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in out.parent.glob(f".{out.name}.*"):  # from a run killed while writing
+
+def recover(out: Path) -> str | None:
+    """Puts back a dataset that a run stopped between the two renames of `write` left only as its backup, and
+    removes temporary folders of stopped runs; returns a line saying what was restored, or None. Call it
+    holding the run folder's lock."""
+    old, note = backup_path(out), None
+    if old.is_dir() and not out.exists():
+        with writing(out):
+            os.replace(old, out)
+        note = f"data_gen: restored {out} from {old.name}, left by a run stopped while it published"
+    for leftover in out.parent.glob(f".{out.name}.*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
-    feats = features()
-    DatasetDict({"train": Dataset.from_list(train, features=feats),
-                 "test": Dataset.from_list(test, features=feats)}).save_to_disk(str(tmp))
-    _jsonl(train, tmp / "train.jsonl")
-    _jsonl(test, tmp / "test.jsonl")
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    histogram(train + test, tmp / "speedup_hist.png", f"{stats['run']}: {stats['teacher']}")
-    (tmp / "README.md").write_text(card(stats, command), encoding="utf-8")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
+    return note
+
+
+def _dataset(rows: list[dict], feats):
+    from datasets import Dataset
+
+    if rows:
+        return Dataset.from_list(rows, features=feats)
+    return Dataset.from_dict({c: [] for c in feats}, features=feats)  # from_list finds no columns in no rows
+
+
+def write(out: Path, train: list[dict], test: list[dict], stats: dict, command: str) -> None:
+    """Writes everything to a new temporary folder beside `out`, then swaps it in; call it holding the run
+    folder's lock. Raises WriteError naming the file it could not write; the published dataset stays as it was."""
+    from datasets import DatasetDict
+
+    with writing(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        feats = features()
+        splits = {"train": train, "test": test}
+        with writing(tmp):
+            # an empty split (--test_size 0, a one-row set) is written as one empty shard: with none, datasets
+            # cannot load it back
+            DatasetDict({k: _dataset(rows, feats) for k, rows in splits.items()}).save_to_disk(
+                str(tmp), num_shards={k: 1 for k, rows in splits.items() if not rows})
+        for rows, name in ((train, "train.jsonl"), (test, "test.jsonl")):
+            with writing(tmp / name):
+                _jsonl(rows, tmp / name)
+        with writing(tmp / "stats.json"):
+            (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        with writing(tmp / "speedup_hist.png"):
+            histogram(train + test, tmp / "speedup_hist.png", f"{stats['run']}: {stats['teacher']}")
+        with writing(tmp / "README.md"):
+            (tmp / "README.md").write_text(card(stats, command), encoding="utf-8")
+        old = backup_path(out)
+        with writing(out):
+            if out.exists():
+                os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                if old.exists() and not out.exists():
+                    os.replace(old, out)
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs back
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -152,3 +152,12 @@ def test_openai_build_counts_every_rule_and_fix(tmp_path):
     rows += read_jsonl(tmp_path / "runs" / "t" / "dataset" / "test.jsonl")
     assert {r["stripped"] for r in rows if r["blocks"]} == {a[0], a[1], a[2]}
     assert all(r["teacher"] == "openai:recorded" for r in rows)
+
+
+@pytest.mark.parametrize("answers, flags", [(1, []), (3, ["--test_size", "0"])])
+def test_an_empty_test_split_is_written_and_loads(tmp_path, answers, flags):
+    source = instruction_source(tmp_path, [list_answer(i) for i in range(answers)])
+    assert build(tmp_path, source, *flags) == 0
+    ds = load_run_dataset(tmp_path / "runs" / "t")
+    assert (len(ds["train"]), len(ds["test"])) == (answers, 0) and ds["test"].column_names == COLUMNS
+    assert (tmp_path / "runs" / "t" / "dataset" / "test.jsonl").read_text() == ""

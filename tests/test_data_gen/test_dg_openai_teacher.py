@@ -1,14 +1,16 @@
 """The openai teacher against a real HTTP server on loopback, driven by the official openai client."""
 
+import json
 from collections import Counter
 
 import pytest
-from dg_common import list_answer
+from dg_common import instruction_source, list_answer, read_jsonl, student_dir
 from dg_replay import ReplayServer
 from tiny import bpe_tokenizer
 
 from data_gen import annotate, prompt
 from data_gen.cache import JsonlCache
+from data_gen.cli import main
 from data_gen.config import DataGenConfig
 from data_gen.openai_teacher import OpenAITeacher, TeacherError
 from data_gen.sources import Record
@@ -113,3 +115,28 @@ def test_an_unreachable_endpoint_fails_at_once(tmp_path, recorded):
         url = server.url  # the port is free again once the server has stopped
     with pytest.raises(TeacherError, match="cannot reach the teacher endpoint"):
         OpenAITeacher(config(url, openai_max_retries=0), tmp_path).annotate_all(RECORDS)
+
+
+def test_a_reply_the_filters_reject_is_asked_again_by_later_runs_up_to_openai_reply_tries(tmp_path, recorded):
+    garbage = "Sorry, the upstream model is overloaded."  # a 200 with text that is not the annotated answer
+    scripts = {ANSWERS[0]: [garbage], ANSWERS[1]: [garbage] * 9}
+    source = instruction_source(tmp_path, ANSWERS[:4])
+    run = tmp_path / "runs" / "t"
+
+    def kept() -> list[str]:
+        rows = read_jsonl(run / "dataset" / "train.jsonl") + read_jsonl(run / "dataset" / "test.jsonl")
+        return sorted(r["stripped"] for r in rows)
+
+    with ReplayServer(recorded, scripts) as server:
+        def data_gen() -> int:
+            return main(["--source", str(source), "--student", student_dir(tmp_path), "--run_dir", str(run),
+                         "--teacher", "openai", "--openai_model", "recorded", "--openai_base_url", server.url,
+                         "--no_parallel_share", "1"])
+
+        assert data_gen() == 0 and kept() == sorted(ANSWERS[2:4])
+        assert data_gen() == 0 and kept() == sorted([ANSWERS[0], *ANSWERS[2:4]])  # its second reply is valid
+        for _ in range(2):  # the record that keeps getting garbage gets its third reply, then no more
+            assert data_gen() == 0 and kept() == sorted([ANSWERS[0], *ANSWERS[2:4]])
+    assert Counter(server.requested()) == Counter({ANSWERS[0]: 2, ANSWERS[1]: 3, ANSWERS[2]: 1, ANSWERS[3]: 1})
+    stats = json.loads((run / "dataset" / "stats.json").read_text())
+    assert stats["rejected"]["changed-text"] == 1 and stats["teacher_summary"]["asked_again_after_rejection"] == 0
