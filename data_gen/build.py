@@ -7,11 +7,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from interpreter import measure, parse
+from interpreter import render
 
 from . import runfolder, shards, writer
 from .answers import fill_answers
 from .filters import check_answer, check_reply, keep_share
+from .promises import Measured
 from .sources import load_records
 from .structural import StructuralTeacher
 
@@ -37,11 +38,10 @@ def make_teacher(cfg, tokenizer, cache_dir: Path):
     return StructuralTeacher(tokenizer, cfg.tokens_granularity, cfg.min_blocks, cfg.max_blocks)
 
 
-def make_row(record, annotated: str, teacher: str, tokenizer) -> dict:
-    doc = parse(annotated)
-    return {"id": record.id, "messages": record.messages, "annotated": annotated, "stripped": doc.stripped,
-            "source": record.source, "teacher": teacher, "blocks": len(doc.blocks),
-            **measure(doc, tokenizer).as_dict()}
+def make_row(record, kept: Measured, teacher: str) -> dict:
+    doc = kept.doc
+    return {"id": record.id, "messages": record.messages, "annotated": render(doc), "stripped": doc.stripped,
+            "source": record.source, "teacher": teacher, "blocks": len(doc.blocks), **kept.costs.as_dict()}
 
 
 def annotate_records(cfg, records, cache_dir: Path) -> tuple[list[dict], Counter, Counter, object]:
@@ -72,7 +72,7 @@ def annotate_records(cfg, records, cache_dir: Path) -> tuple[list[dict], Counter
             if verdict.detail:
                 counts[f"validator:{verdict.detail.split(':', 1)[0]}"] += 1
             continue
-        rows.append(make_row(record, verdict.annotated, teacher.name, tokenizer))
+        rows.append(make_row(record, verdict.kept, teacher.name))
     return rows, counts, answers, teacher
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from interpreter import parse, repetition, validate
+from interpreter import Document, PastaSyntaxError, make_document, measure, parse, render, repetition
 
-from .promises import rewrite_tokens
+from .promises import Measured, measured
 
 # rejection rules, in the order they are checked
 RULES = {
@@ -41,10 +41,15 @@ FIXES = {
 
 @dataclass
 class Verdict:
-    annotated: str | None = None  # the stored form to keep, None when rejected
+    kept: Measured | None = None  # the stored form to keep and its costs, None when rejected
     rule: str | None = None
     detail: str | None = None  # the validator's own rule name and message, for `invalid`
     fixes: list[str] = field(default_factory=list)
+
+    @property
+    def annotated(self) -> str | None:
+        """The stored form to keep, None when rejected."""
+        return render(self.kept.doc) if self.kept else None
 
 
 def check_answer(answer: str, max_repetition: float) -> str | None:
@@ -53,10 +58,11 @@ def check_answer(answer: str, max_repetition: float) -> str | None:
         return "empty-answer"
     if repetition(answer) > max_repetition:
         return "repetitive-answer"
-    err = validate(answer)
-    if err is not None or parse(answer).stripped != answer:
-        return "answer-has-tags"
-    return None
+    try:
+        tagged = parse(answer).stripped != answer
+    except PastaSyntaxError:
+        tagged = True  # invalid Pasta-Lang is a tag all the same
+    return "answer-has-tags" if tagged else None
 
 
 def unwrap_fence(reply: str) -> str | None:
@@ -90,40 +96,49 @@ def _candidates(reply: str, original: str) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _check_text(text: str, original: str) -> Verdict:
-    err = validate(text)
-    if err is not None:
+def _read(text: str, original: str) -> Document | Verdict:
+    """`text` parsed, or the verdict that rejects it."""
+    try:
+        doc = parse(text)
+    except PastaSyntaxError as err:
         rule = err.rule if err.rule in ("nesting", "bad-topic") else "invalid"
         return Verdict(rule=rule, detail=f"{err.rule}: {err}")
-    if parse(text).stripped != original:
-        return Verdict(rule="changed-text")
-    return Verdict(annotated=text)
+    return doc if doc.stripped == original else Verdict(rule="changed-text")
 
 
-def check_reply(reply: str | None, original: str, tokenizer, granularity: int = 10, min_blocks: int = 1,
+def check_reply(reply: str | Measured | None, original: str, tokenizer, granularity: int = 10, min_blocks: int = 1,
                 max_blocks: int = 12) -> Verdict:
-    """Checks a teacher's reply against the original answer; a kept reply gets true promise lengths."""
+    """Checks a teacher's reply against the original answer (one that `check_answer` passed); a kept reply gets
+    true promise lengths and its costs. A Measured reply (the structural teacher's) holds them already, under
+    the same tokenizer and granularity."""
     if reply is None:
         return Verdict(rule="teacher-failed")
-    for text, took in _candidates(reply, original):
-        verdict = _check_text(text, original)
-        if verdict.rule is None:
-            fixes = took
-            break
+    if isinstance(reply, Measured):
+        doc, fixes = reply.doc, []
+        if doc.stripped != original:
+            return Verdict(rule="changed-text")
     else:
-        return verdict  # the verdict on the reply with every kind of noise removed
-    doc = parse(verdict.annotated)
+        for text, took in _candidates(reply, original):
+            read = _read(text, original)
+            if isinstance(read, Document):
+                doc, fixes = read, took
+                break
+        else:
+            return read  # the verdict on the reply with every kind of noise removed
     if any(not b.text.strip() for b in doc.blocks):
         return Verdict(rule="empty-block", fixes=fixes)
     n = len(doc.blocks)
-    if n == 0:
-        return Verdict(annotated=original, fixes=fixes)  # a sync with nothing to wait for is dropped
+    if n == 0:  # a sync with nothing to wait for is dropped
+        plain = make_document([original])
+        return Verdict(Measured(plain, measure(plain, tokenizer)), fixes=fixes)
     if n < min_blocks:
         return Verdict(rule="too-few-blocks", fixes=fixes)
     if n > max_blocks:
         return Verdict(rule="too-many-blocks", fixes=fixes)
-    annotated, changed = rewrite_tokens(doc, tokenizer, granularity)
-    return Verdict(annotated=annotated, fixes=fixes + ["tokens-rewritten"] * changed)
+    if isinstance(reply, Measured):
+        return Verdict(reply, fixes=fixes)
+    kept, changed = measured(doc, tokenizer, granularity)
+    return Verdict(kept, fixes=fixes + ["tokens-rewritten"] * changed)
 
 
 def keep_share(parallel: list, plain: list, share: float) -> tuple[list, list]:

@@ -1,31 +1,40 @@
-"""Promise lengths: each promise's `tokens` rewritten to its block's true length under the student's tokenizer."""
+"""Promise lengths and costs: each promise's `tokens` rewritten to its block's true length under the student's
+tokenizer, and the costs of the result."""
 
 from __future__ import annotations
 
-from interpreter import Document, block_lengths, parse, promise_tag
-from interpreter.parser import Block, MainText, Sync
+from dataclasses import dataclass
+
+from interpreter import Costs, Document, block_lengths, make_block, make_document, make_sync, measure
+from interpreter.parser import Block, Sync
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A stored form whose promises hold their blocks' true lengths, and its costs, under the student's tokenizer."""
+
+    doc: Document
+    costs: Costs
 
 
 def round_up(n: int, granularity: int) -> int:
     return -(-n // granularity) * granularity
 
 
-def render(doc: Document, tokens: list[int]) -> str:
-    """The canonical stored form of `doc` with the given promise lengths (tags spelled one way only)."""
-    out: list[str] = []
-    lengths = iter(tokens)
-    for seg in doc.segments:
-        if isinstance(seg, MainText):
-            out.append(seg.text)
-        elif isinstance(seg, Sync):
-            out.append("<sync/>")
-        elif isinstance(seg, Block):
-            out += [promise_tag(seg.promise.topic, next(lengths)), "<async>", seg.text, "</async>"]
-    return "".join(out)
-
-
-def rewrite_tokens(stored: str | Document, tokenizer, granularity: int = 10) -> tuple[str, bool]:
-    """(stored form with true, rounded-up lengths; whether any promise's `tokens` changed)."""
-    doc = parse(stored) if isinstance(stored, str) else stored
+def rewrite_tokens(doc: Document, tokenizer, granularity: int = 10) -> tuple[Document, bool]:
+    """(`doc` with true, rounded-up promise lengths and every tag spelled canonically; whether any promise's
+    `tokens` changed)."""
     true = [round_up(n, granularity) for n in block_lengths(doc, tokenizer)]
-    return render(doc, true), [p.tokens for p in doc.promises] != true
+    lengths, parts = iter(true), []
+    for seg in doc.segments:
+        if isinstance(seg, Block):
+            parts.append(make_block(seg.promise.topic, next(lengths), seg.text))
+        else:
+            parts.append(make_sync() if isinstance(seg, Sync) else seg)
+    return make_document(parts), [p.tokens for p in doc.promises] != true
+
+
+def measured(doc: Document, tokenizer, granularity: int = 10) -> tuple[Measured, bool]:
+    """(`doc` with true promise lengths and its costs; whether any promise's `tokens` changed)."""
+    rewritten, changed = rewrite_tokens(doc, tokenizer, granularity)
+    return Measured(rewritten, measure(rewritten, tokenizer)), changed

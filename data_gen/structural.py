@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from interpreter import PastaSyntaxError, measure, parse
-from interpreter.tags import check_topic, promise_tag
+from interpreter import Document, PastaSyntaxError, make_block, make_document, make_sync, parse, render
+from interpreter.tags import check_topic
 
-from .promises import rewrite_tokens
+from .promises import Measured, measured
 
 TEACHER = "structural (rule-based, offline)"
 
@@ -266,9 +266,10 @@ def _block_topic(items: list[Item]) -> str:
     return joined if check_topic(joined) is None and len(joined.split()) <= MAX_TOPIC_WORDS else items[0].topic
 
 
-def stored_form(text: str, lines: list[Line], runs: list[list[Item]], per_block: int) -> str:
-    """Tags put into `text`: a block holds `per_block` items with the line breaks before them."""
-    out, pos = [], 0
+def stored_form(text: str, lines: list[Line], runs: list[list[Item]], per_block: int) -> Document:
+    """Tags put into `text`: a block holds `per_block` items with the line breaks before them. Not validated:
+    the text itself may hold something that reads as a tag next to ours."""
+    parts, pos = [], 0
     for n, run in enumerate(runs):
         before = run[0].first - 1
         while before >= 0 and lines[before].blank:  # the blank lines before a list go into its first block
@@ -276,25 +277,27 @@ def stored_form(text: str, lines: list[Line], runs: list[list[Item]], per_block:
         start = lines[before].end if before >= 0 else 0
         lead = text[pos:start]
         if n and lead.strip() and not _is_lead_in(lead):
-            out.append("<sync/>")
-        out.append(lead)
+            parts.append(make_sync())
+        parts.append(lead)
         for k in range(0, len(run), per_block):
             chunk = run[k:k + per_block]
             end = lines[chunk[-1].last].end
-            out += [promise_tag(_block_topic(chunk), 1), "<async>", text[start:end], "</async>"]
+            parts.append(make_block(_block_topic(chunk), 1, text[start:end]))
             start = end
         pos = start
     rest = text[pos:]
     if rest.strip():
-        out.append("<sync/>")
-    out.append(rest)
-    return "".join(out)
+        parts.append(make_sync())
+    parts.append(rest)
+    return make_document(parts)
 
 
-def annotate(text: str, tokenizer, granularity: int = 10, min_blocks: int = 1, max_blocks: int = 12) -> str:
-    """The stored form of `text` with the best-paying structural annotation, or `text` unchanged."""
+def best_annotation(text: str, tokenizer, granularity: int = 10, min_blocks: int = 1,
+                    max_blocks: int = 12) -> Measured | None:
+    """The best-paying structural annotation of `text`, with true promise lengths and its costs; None when no
+    cut beats plain decoding."""
     lines = split_lines(text)
-    best, best_speedup = text, 1.0
+    best = None
     for items in cuttings(lines):
         runs = groups(lines, items)
         n_items = sum(len(r) for r in runs)
@@ -306,22 +309,28 @@ def annotate(text: str, tokenizer, granularity: int = 10, min_blocks: int = 1, m
             if not min_blocks <= blocks <= max_blocks:
                 continue
             try:
-                doc = parse(stored_form(text, lines, runs, per_block))
+                doc = parse(render(stored_form(text, lines, runs, per_block)))
             except PastaSyntaxError:
                 continue  # the text itself holds something that reads as a tag next to ours
             if doc.stripped != text:
                 continue
-            stored, _ = rewrite_tokens(doc, tokenizer, granularity)
-            speedup = measure(stored, tokenizer).theoretical_speedup
+            kept, _ = measured(doc, tokenizer, granularity)
+            speedup = kept.costs.theoretical_speedup
             if speedup > 1.0:  # the fewest items per block that pays: one item, one topic where possible
-                if speedup > best_speedup:
-                    best, best_speedup = stored, speedup
+                if best is None or speedup > best.costs.theoretical_speedup:
+                    best = kept
                 break
     return best
 
 
+def annotate(text: str, tokenizer, granularity: int = 10, min_blocks: int = 1, max_blocks: int = 12) -> str:
+    """The stored form of `text` with the best-paying structural annotation, or `text` unchanged."""
+    best = best_annotation(text, tokenizer, granularity, min_blocks, max_blocks)
+    return render(best.doc) if best else text
+
+
 class StructuralTeacher:
-    """The teacher interface over `annotate`: a reply per record, no cache needed (it takes milliseconds)."""
+    """The teacher interface over `best_annotation`: a reply per record, no cache needed (it takes milliseconds)."""
 
     name = TEACHER
 
@@ -329,11 +338,15 @@ class StructuralTeacher:
         self.tokenizer, self.granularity, self.min_blocks, self.max_blocks = tokenizer, granularity, min_blocks, \
             max_blocks
 
-    def annotate_all(self, records) -> dict[str, str]:
+    def annotate_all(self, records) -> dict[str, Measured | str]:
+        """The best annotation per record id, measured; the answer itself where none pays."""
         from tqdm import tqdm
 
-        return {r.id: annotate(r.answer, self.tokenizer, self.granularity, self.min_blocks, self.max_blocks)
-                for r in tqdm(records, desc="teacher structural", unit="answer", dynamic_ncols=True)}
+        out: dict[str, Measured | str] = {}
+        for r in tqdm(records, desc="teacher structural", unit="answer", dynamic_ncols=True):
+            best = best_annotation(r.answer, self.tokenizer, self.granularity, self.min_blocks, self.max_blocks)
+            out[r.id] = best if best is not None else r.answer
+        return out
 
     def record_verdict(self, record, rule: str | None) -> None:
         """Nothing to note: the same answer always gets the same reply."""

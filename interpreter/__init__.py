@@ -6,7 +6,18 @@ from .engine import Engine
 from .layout import IGNORE, MAIN, PROMPT, Layout, ThreadLayout, build_layout, encode, pieces, prompt_ids, turn_end_id
 from .models import EMBEDDED_MODEL, ModelNotFound, load_model, load_tokenizer
 from .options import Options, Result
-from .parser import Document, PastaSyntaxError, StreamParser, parse, strip, validate
+from .parser import (
+    Document,
+    PastaSyntaxError,
+    StreamParser,
+    make_block,
+    make_document,
+    make_sync,
+    parse,
+    render,
+    strip,
+    validate,
+)
 from .repetition import LOOPING, cross_block_repetition, repetition
 from .sampling import Script
 from .tag_tokens import TAG_PIECES, add_tag_tokens, has_tag_tokens, tag_cost
@@ -16,6 +27,7 @@ __all__ = [
     "Engine", "AsyncEngine", "Overloaded", "Options", "Result", "Script", "encode", "prompt_ids", "turn_end_id",
     "Costs", "measure", "block_lengths", "IGNORE", "MAIN", "PROMPT", "Layout", "ThreadLayout", "build_layout", "pieces",
     "EMBEDDED_MODEL", "ModelNotFound", "load_model", "load_tokenizer", "Document", "PastaSyntaxError",
-    "StreamParser", "parse", "strip", "validate", "LOOPING", "repetition", "cross_block_repetition",
+    "StreamParser", "parse", "render", "make_document", "make_block", "make_sync", "strip", "validate", "LOOPING",
+    "repetition", "cross_block_repetition",
     "TAG_PIECES", "add_tag_tokens", "has_tag_tokens", "tag_cost", "check_topic", "promise_tag",
 ]

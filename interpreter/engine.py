@@ -27,6 +27,7 @@ from .options import Options, Result
 from .parser import parse
 from .request import Request
 from .sampling import Script
+from .tags import OPEN_TAG
 
 PHASES = ("prefill", "schedule", "forward", "update")  # forward: masks, the model's pass, freeing columns
 
@@ -42,7 +43,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.end_ids = end_token_ids(model, tokenizer)
-        self.async_ids = encode(tokenizer, "<async>")
+        self.async_ids = encode(tokenizer, OPEN_TAG)
         self.guard = TagGuard(tokenizer, self.end_ids)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype

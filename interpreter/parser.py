@@ -1,14 +1,30 @@
-"""The stored form: validation, its structure, and `strip`.
+"""The stored form: validation, its structure, `strip`, and `render`, its one printer.
 
 `StreamParser` checks the rules of PASTA-LANG.md as text arrives; `parse` is the same
-parser fed the whole text at once, so the two cannot disagree.
+parser fed the whole text at once, so the two cannot disagree. `make_document` builds a
+Document from its parts (tags spelled canonically by `make_block` and `make_sync`), and
+`render` prints any Document, so no other code writes tags from string literals.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .tags import ASYNC_CLOSE, ASYNC_OPEN, PROMISE, SYNC, BadTag, Lexer, Tag, Text
+from .tags import (
+    ASYNC_CLOSE,
+    ASYNC_OPEN,
+    CLOSE_TAG,
+    OPEN_TAG,
+    PROMISE,
+    SYNC,
+    SYNC_TAG,
+    BadTag,
+    Lexer,
+    Tag,
+    Text,
+    promise_tag,
+)
 
 
 class PastaSyntaxError(ValueError):
@@ -221,3 +237,54 @@ def validate(text: str) -> PastaSyntaxError | None:
 def strip(text: str) -> str:
     """Stored form to stitched form: every tag removed, nothing else changed."""
     return parse(text).stripped
+
+
+def render(doc: Document) -> str:
+    """The stored form of `doc`, every tag as its segment spells it: render(parse(s)) == s, and
+    parse(render(doc)) == doc for a valid Document built by `make_document`."""
+    return "".join(_texts(doc.segments))
+
+
+def _texts(segments: Iterable[MainText | Block | Sync]) -> Iterable[str]:
+    for seg in segments:
+        if isinstance(seg, Block):
+            yield from (seg.promise.raw, seg.open.raw, seg.text, seg.close.raw)
+        else:
+            yield seg.text if isinstance(seg, MainText) else seg.raw
+
+
+def make_block(topic: str, tokens: int, text: str, promise_raw: str | None = None) -> Block:
+    """A block holding `text` after its promise, its tags spelled canonically (the promise as `promise_raw`,
+    when given); `make_document` sets its offsets."""
+    raw = promise_tag(topic, tokens) if promise_raw is None else promise_raw
+    return Block(Promise(topic, tokens, raw, 0), BlockOpen(OPEN_TAG, 0), text, BlockClose(CLOSE_TAG, 0))
+
+
+def make_sync(raw: str = SYNC_TAG) -> Sync:
+    """A sync, spelled canonically unless `raw` is given; `make_document` sets its offset."""
+    return Sync(raw, 0)
+
+
+def make_document(parts: Iterable[str | MainText | Block | Sync]) -> Document:
+    """The Document of main text, blocks and syncs in stored order, with offsets as `parse` sets them (adjacent
+    texts joined, empty ones dropped). Not validated: parse(render(doc)) checks it."""
+    segments: list[MainText | Block | Sync] = []
+    at = 0
+    for part in parts:
+        if isinstance(part, Block):
+            promise = Promise(part.promise.topic, part.promise.tokens, part.promise.raw, at)
+            opened = BlockOpen(part.open.raw, promise.start + len(promise.raw))
+            closed = BlockClose(part.close.raw, opened.start + len(opened.raw) + len(part.text))
+            segments.append(Block(promise, opened, part.text, closed))
+            at = closed.start + len(closed.raw)
+        elif isinstance(part, Sync):
+            segments.append(Sync(part.raw, at))
+            at += len(part.raw)
+        else:
+            text = part.text if isinstance(part, MainText) else part
+            if segments and isinstance(segments[-1], MainText):
+                segments[-1] = MainText(segments[-1].text + text, segments[-1].start)
+            elif text:
+                segments.append(MainText(text, at))
+            at += len(text)
+    return Document("".join(_texts(segments)), tuple(segments))

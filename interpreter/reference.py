@@ -12,7 +12,7 @@ import torch
 
 from .detok import Detokenizer
 from .layout import encode
-from .tags import ASYNC_CLOSE, PROMISE, SYNC, Lexer, Tag
+from .tags import ASYNC_CLOSE, OPEN_TAG, PROMISE, SYNC, Lexer, Tag
 
 
 class _Thread:
@@ -102,10 +102,10 @@ class ReferenceInterpreter:
             drawing.append(main)
             main.hold, main.syncs = main.syncs, False
             for n in main.forks:
-                block = _Thread(len(threads), Detokenizer(self.tokenizer, encode(self.tokenizer, "<async>")))
+                block = _Thread(len(threads), Detokenizer(self.tokenizer, encode(self.tokenizer, OPEN_TAG)))
                 block.promise_uid, block.next_pos = len(self.ids) - 1, self.pos[-1] + 1
                 main.next_pos = self.pos[-1] + 1 + n
-                block.pending, block.text = encode(self.tokenizer, "<async>"), ["<async>"]
+                block.pending, block.text = encode(self.tokenizer, OPEN_TAG), [OPEN_TAG]
                 threads.append(block)
                 self._feed_block(block)
                 drawing.append(block)

@@ -24,8 +24,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from .parser import parse
-from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text
+from .parser import make_block, make_document, make_sync, parse, render
+from .tags import ASYNC_CLOSE, CLOSE_TAG, OPEN_TAG, PROMISE, SYNC, BadTag, Lexer, Tag, Text
 
 
 @dataclass
@@ -56,58 +56,59 @@ class RemoteInterpreter:
 
     async def agenerate(self, prompt: str, max_rejoins: int = 32) -> RemoteResult:
         start = time.perf_counter()
-        self._blocks: dict[str, str] = {}  # block number -> content, once the block has returned
         self._repairs: list[str] = []
         self._requests = 0
-        main = ""  # main's stored text, a placeholder where each block goes
+        parts: list = []  # the stored form so far, every block in place
         for _ in range(max_rejoins):
-            main, ended, pending = await self._main(prompt, main)
-            for number, task in pending:  # the sync (or the end): every block returns, then main reads them
-                self._blocks[number] = await task
+            written, ended = await self._main(prompt, render(make_document(parts)))
+            for item in written:  # the sync (or the end): every block returns, then main reads them
+                if isinstance(item, str):
+                    parts.append(item)
+                elif isinstance(item, Tag):
+                    parts.append(make_sync(item.raw))
+                else:
+                    tag, task = item
+                    parts.append(make_block(tag.topic, tag.tokens, await task, tag.raw))
             if ended:
                 break
-        stored = self._splice(main)
+        stored = render(make_document(parts))
         doc = parse(stored)
         return RemoteResult(doc.stripped, stored, len(doc.blocks), self._requests, time.perf_counter() - start,
                             self._repairs)
 
-    async def _main(self, prompt: str, main: str):
-        """Streams main on from the stored form so far, up to a sync or the end.
-        Returns (main's text with a placeholder where each block goes, ended, [(block number, task)])."""
-        lexer, pending = Lexer(), []
+    async def _main(self, prompt: str, stored: str):
+        """Streams main on from the stored form so far, up to a sync or the end. Returns (what main wrote: text,
+        (promise, its block's task) and the sync tag, in order; whether main ended)."""
+        lexer, written = Lexer(), []
+        seen = prompt + stored  # what a block forked now sees: its promise's view, no block still running
         self._requests += 1
         stream = await self.client.completions.create(
-            model=self.model, prompt=prompt + self._splice(main), max_tokens=self.max_tokens,
+            model=self.model, prompt=prompt + stored, max_tokens=self.max_tokens,
             temperature=self.temperature, stream=True, extra_body=self.extra_body)
         try:
             async for chunk in stream:
                 for ev in lexer.feed(chunk.choices[0].text or "" if chunk.choices else ""):
                     if isinstance(ev, Text):
-                        main += ev.text
+                        written.append(ev.text)
+                        seen += ev.text
                     elif isinstance(ev, Tag) and ev.kind == PROMISE:
-                        main += ev.raw
-                        # the block sees what its promise saw: synced blocks, not the ones still running
-                        context = prompt + self._splice(main) + "<async>"
-                        number = str(len(self._blocks) + len(pending))
-                        pending.append((number, asyncio.create_task(self._block(context))))
-                        main += f"\x00{number}\x00"
+                        seen += ev.raw
+                        written.append((ev, asyncio.create_task(self._block(seen + OPEN_TAG))))
                     elif isinstance(ev, Tag) and ev.kind == SYNC:
-                        return main + ev.raw, False, pending  # closing the stream ends main's request
+                        return [*written, ev], False  # closing the stream ends main's request
                     else:
                         raw = ev.raw if isinstance(ev, (Tag, BadTag)) else ""
                         self._repairs.append(f"main: dropped {raw[:40]!r}")
         finally:
             await stream.close()
-        for ev in lexer.close():
-            if isinstance(ev, Text):
-                main += ev.text
-        return main, True, pending
+        written += [ev.text for ev in lexer.close() if isinstance(ev, Text)]
+        return written, True
 
     async def _block(self, context: str) -> str:
         self._requests += 1
         reply = await self.client.completions.create(
             model=self.model, prompt=context, max_tokens=self.max_thread_tokens, temperature=self.temperature,
-            stop=["</async>"], extra_body=self.extra_body)
+            stop=[CLOSE_TAG], extra_body=self.extra_body)
         kept = ""
         lexer = Lexer()
         for ev in lexer.feed(reply.choices[0].text or "") + lexer.close():
@@ -118,13 +119,3 @@ class RemoteInterpreter:
             else:  # no nesting: tags inside a block are dropped
                 self._repairs.append(f"block: dropped {ev.raw[:40]!r}")
         return kept
-
-    def _splice(self, main: str) -> str:
-        """The stored form: returned blocks in place; a block still running is not there yet."""
-        out, parts = [], main.split("\x00")
-        for i, part in enumerate(parts):
-            if i % 2 == 0:
-                out.append(part)
-            elif part in self._blocks:
-                out.append(f"<async>{self._blocks[part]}</async>")
-        return "".join(out)

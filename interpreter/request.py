@@ -21,6 +21,7 @@ from .detok import Detokenizer
 from .kv import Feed
 from .layout import MAIN, LayoutRecorder, ThreadLayout
 from .options import Options, Result
+from .parser import make_block, make_document, make_sync, render
 from .repetition import LOOP_TAIL, loops
 from .sampling import Sampler
 from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text
@@ -37,7 +38,7 @@ class Thread:
         self.state = RUNNING
         self.feed: list[int] = []  # tokens to enter the cache next step
         self.drawn = 0
-        self.items: list[tuple] = []  # main: ("text", s) | ("promise", raw, block) | ("sync", raw); block: ("text", s)
+        self.items: list[tuple] = []  # main: ("text", s) | ("promise", tag, block) | ("sync", raw); block: ("text", s)
         self.close_raw: str | None = None  # a block's "</async>", None if it was cut
         self.forks: list[Tag] = []  # main: promises completed by the token in `feed`
         self.sync_next = False  # main: the token in `feed` completes a sync
@@ -152,7 +153,7 @@ class Request:
     def result(self) -> Result:
         threads = [self.main, *self.blocks]
         return Result(
-            text=self._stitched(committed=False), stored=self._stitched(committed=False, tags=True),
+            text=self._stitched(committed=False), stored=self._stored(),
             mode=self.mode, finish_reason=self.finish, prompt_tokens=len(self.prompt_ids),
             tokens=self.total + self.forced, thread_tokens=[t.drawn for t in threads], steps=self.steps,
             threads=len(self.blocks), wall_time=self.wall, prefill_time=self.prefill_time, repairs=self.repairs,
@@ -268,7 +269,7 @@ class Request:
                     continue
                 self.promised += 1
                 main.forks.append(ev)
-                main.items.append(("promise", ev.raw, self.promised))
+                main.items.append(("promise", ev, self.promised))
             elif ev.kind == SYNC:
                 main.items.append(("sync", ev.raw))
                 main.sync_next = True
@@ -395,7 +396,7 @@ class Request:
             hold += len(lexer.pending)
         return hold
 
-    def _stitched(self, committed: bool, tags: bool = False, hold: int = 0) -> str:
+    def _stitched(self, committed: bool, hold: int = 0) -> str:
         """The answer in reading order; `committed`: only what can no longer change place, and not the
         last `hold` characters of main's text (nor a block promised within them)."""
         out = []
@@ -409,17 +410,27 @@ class Request:
                         break
                 else:
                     out.append(item[1])
-            elif item[0] == "sync":
-                if tags:
-                    out.append(item[1])
-            else:
-                block = self.blocks[item[2] - 1] if item[2] <= len(self.blocks) else None
-                if tags:
-                    out += [item[1], "<async>"]
+            elif item[0] == "promise":
+                block = self._block_of(item)
                 if block is not None:
                     out.append(block.text())
-                if tags:
-                    out.append(block.close_raw if block is not None and block.close_raw else "</async>")
                 if committed and (block is None or block.state != DONE):
                     break
         return "".join(out)
+
+    def _stored(self) -> str:
+        """The stored form: main's text and tags as drawn, each block after its promise (a cut one closed)."""
+        parts = []
+        for item in self.main.items:
+            if item[0] == "text":
+                parts.append(item[1])
+            elif item[0] == "sync":
+                parts.append(make_sync(item[1]))
+            else:
+                tag, block = item[1], self._block_of(item)
+                parts.append(make_block(tag.topic, tag.tokens, block.text() if block is not None else "", tag.raw))
+        return render(make_document(parts))
+
+    def _block_of(self, item: tuple) -> Thread | None:
+        """The block a promise item forked, None while it is not forked yet."""
+        return self.blocks[item[2] - 1] if item[2] <= len(self.blocks) else None

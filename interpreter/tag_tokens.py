@@ -8,9 +8,9 @@ token of a tag sits on the critical path, so the cheap form raises the speedup c
 from __future__ import annotations
 
 from .layout import encode
-from .tags import promise_tag
+from .tags import CLOSE_TAG, OPEN_TAG, SYNC_TAG, promise_tag
 
-TAG_PIECES = ('<promise topic="', '" tokens="', '"/>', "<async>", "</async>", "<sync/>")
+TAG_PIECES = ('<promise topic="', '" tokens="', '"/>', OPEN_TAG, CLOSE_TAG, SYNC_TAG)
 
 
 def has_tag_tokens(tokenizer) -> bool:
@@ -44,7 +44,7 @@ def add_tag_tokens(tokenizer, model=None) -> int:
 
 def tag_cost(tokenizer, topic: str = "sleep", tokens: int = 20) -> dict:
     """Tokens one promise with its block's tags costs, and one sync."""
-    parts = {"promise": promise_tag(topic, tokens), "open": "<async>", "close": "</async>", "sync": "<sync/>"}
+    parts = {"promise": promise_tag(topic, tokens), "open": OPEN_TAG, "close": CLOSE_TAG, "sync": SYNC_TAG}
     cost = {name: len(encode(tokenizer, text)) for name, text in parts.items()}
     cost["per_promise"] = cost["promise"] + cost["open"] + cost["close"]
     return cost

@@ -63,6 +63,12 @@ def promise_tag(topic: str, tokens: int) -> str:
     return f'<promise topic="{topic}" tokens="{tokens}"/>'
 
 
+# The canonical text of the other tags (a sync may also hold spaces before its `/>`).
+OPEN_TAG = "<async>"
+CLOSE_TAG = "</async>"
+SYNC_TAG = "<sync/>"
+
+
 def check_topic(topic: str) -> str | None:
     """Why `topic` breaks the topic rules, or None when it is fine."""
     if any(c in topic for c in '<>"'):
@@ -125,10 +131,10 @@ def read_tag(raw: str, start: int) -> Tag | BadTag:
         return _read_promise(raw, start)
     if name == "async":
         if closing:
-            if raw == "</async>":
+            if raw == CLOSE_TAG:
                 return Tag(ASYNC_CLOSE, raw, start)
             return _bad("malformed-async", "write the end of a block as </async>", raw, start)
-        if raw == "<async>":
+        if raw == OPEN_TAG:
             return Tag(ASYNC_OPEN, raw, start)
         if raw.endswith("/>"):
             return _bad("self-closing-async", "an async block is not self-closing: write <async> ... </async>",

@@ -6,7 +6,7 @@ from tiny import WordTokenizer, bpe_tokenizer
 from data_gen.answers import trim_cut_answer
 from data_gen.filters import check_answer, check_reply, keep_share, unwrap_fence
 from data_gen.promises import round_up
-from interpreter import block_lengths, parse, repetition, strip
+from interpreter import block_lengths, measure, parse, repetition, strip
 
 ORIGINAL = "Tips:\n1. Sleep well every night.\n2. Drink water often.\nDone."
 
@@ -59,6 +59,23 @@ def test_tokens_are_rewritten_to_the_true_block_length_rounded_up():
         assert strip(verdict.annotated) == ORIGINAL
     assert check(GOOD).fixes == ["tokens-rewritten"]
     assert check(check(GOOD).annotated).fixes == []  # already right: nothing to fix
+
+
+def test_a_kept_reply_carries_its_costs_and_a_measured_one_is_not_tokenized_again():
+    tok = bpe_tokenizer()
+    verdict = check(GOOD)
+    assert verdict.kept.costs == measure(verdict.annotated, tok) and verdict.kept.doc == parse(verdict.annotated)
+    calls = []
+
+    def counting(text, **kw):
+        calls.append(text)
+        return tok(text, **kw)
+
+    again = check_reply(verdict.kept, ORIGINAL, counting)
+    assert again.kept == verdict.kept and again.fixes == [] and calls == []
+    assert check_reply(verdict.kept, ORIGINAL + "!", counting).rule == "changed-text"
+    plain = check(ORIGINAL.replace("\nDone.", "<sync/>\nDone."))
+    assert plain.kept.costs == measure(ORIGINAL, tok)
 
 
 def test_block_length_counts_the_async_tags_as_the_layout_tokenizes_them():

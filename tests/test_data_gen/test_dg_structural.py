@@ -5,8 +5,8 @@ from hypothesis import strategies as st
 from tiny import bpe_tokenizer
 
 from data_gen.promises import round_up
-from data_gen.structural import annotate, clean_topic
-from interpreter import block_lengths, measure, parse, strip, validate
+from data_gen.structural import annotate, best_annotation, clean_topic
+from interpreter import block_lengths, measure, parse, render, strip, validate
 from interpreter.parser import Block, MainText, Sync
 from interpreter.tags import check_topic
 
@@ -108,6 +108,16 @@ def test_forking_pays_off_in_theoretical_speedup():
     text = f"Try these:\n1. Sleep: {LONG}.\n2. Water: {LONG}.\n3. Walk: {LONG}.\n4. Read: {LONG}."
     out, _ = run(text)
     assert measure(out, bpe_tokenizer()).theoretical_speedup > 1.15  # numbered topics cost a few tokens
+
+
+def test_the_teacher_hands_on_its_annotation_measured():
+    text = f"Try these:\n1. Sleep: {LONG}.\n2. Water: {LONG}.\n3. Walk: {LONG}.\n\nDone."
+    tok = bpe_tokenizer()
+    best = best_annotation(text, tok)
+    assert render(best.doc) == annotate(text, tok) and parse(render(best.doc)) == best.doc
+    assert best.costs == measure(render(best.doc), tok)  # what the row keeps, measured once
+    assert [p.tokens for p in best.doc.promises] == [round_up(n, 10) for n in block_lengths(best.doc, tok)]
+    assert best_annotation("One short line.", tok) is None
 
 
 def test_windows_line_ends_and_trailing_whitespace_survive():

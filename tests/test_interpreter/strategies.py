@@ -27,10 +27,11 @@ def stored_sequences(draw, max_items=6):
             items.append(("block", draw(TOPIC), draw(st.integers(1, 30)), draw(TEXT)))
         else:
             items.append(("sync",))
-    return render(items), items
+    return spell(items), items
 
 
-def render(items) -> str:
+def spell(items) -> str:
+    """The stored text of `items`, tags written out here: an oracle apart from interpreter.render."""
     out = []
     for item in items:
         if item[0] == "text":

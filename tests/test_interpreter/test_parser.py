@@ -2,7 +2,8 @@
 
 import pytest
 
-from interpreter import PastaSyntaxError, parse, strip, validate
+from interpreter import PastaSyntaxError, make_block, make_document, make_sync, parse, render, strip, validate
+from interpreter.parser import MainText
 
 P = '<promise topic="a" tokens="3"/>'
 SPEC_EXAMPLE = (
@@ -33,6 +34,18 @@ def test_valid(text):
     doc = parse(text)
     assert isinstance(strip(text), str)
     assert doc.text == text
+    assert render(doc) == text  # tags as written, byte for byte
+    assert parse(render(doc)) == doc
+
+
+def test_a_built_document_is_what_parse_gives_for_its_render():
+    doc = make_document(["", "Tips:", MainText(" ", 0), make_block("sleep", 20, "\n1. Sleep"),
+                         make_block("water", 7, "", '<promise topic="water"  tokens="7" />'), make_sync(), "",
+                         "\nDone.", make_sync("<sync />")])
+    assert render(doc) == ('Tips: <promise topic="sleep" tokens="20"/><async>\n1. Sleep</async>'
+                           '<promise topic="water"  tokens="7" /><async></async><sync/>\nDone.<sync />')
+    assert parse(render(doc)) == doc  # texts joined, empty ones dropped, offsets where parse puts them
+    assert make_document([]) == parse("")
 
 
 @pytest.mark.parametrize("text, rule, where", [

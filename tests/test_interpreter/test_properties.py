@@ -2,9 +2,9 @@
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import mutated, render, splits, stored_sequences
+from strategies import mutated, spell, splits, stored_sequences
 
-from interpreter import PastaSyntaxError, StreamParser, parse, strip
+from interpreter import PastaSyntaxError, StreamParser, make_block, make_document, make_sync, parse, render, strip
 from interpreter.parser import Block, MainText, Sync, events_to_document
 
 
@@ -37,9 +37,30 @@ def test_well_formed_round_trips(case):
     text, items = case
     doc = parse(text)
     assert _structure(doc) == _merge_texts(items)
-    assert render(_structure(doc)) == text
+    assert spell(_structure(doc)) == text
     expected = "".join(i[1] if i[0] == "text" else i[3] if i[0] == "block" else "" for i in items)
     assert strip(text) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(stored_sequences())
+def test_render_round_trips(case):
+    text, items = case
+    doc = parse(text)
+    assert render(doc) == text
+    built = make_document(i[1] if i[0] == "text" else make_block(*i[1:]) if i[0] == "block" else make_sync()
+                          for i in items)
+    assert built == doc and parse(render(built)) == built
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated())
+def test_render_gives_back_any_valid_text_byte_for_byte(text):
+    try:
+        doc = parse(text)
+    except PastaSyntaxError:
+        return
+    assert render(doc) == text and parse(render(doc)) == doc
 
 
 def _stream(pieces):
