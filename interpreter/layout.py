@@ -256,6 +256,12 @@ class LayoutRecorder:
         """The logits row of token `index` drew `token`."""
         self.targets[index] = token
 
+    def fork(self, tokens: int) -> None:
+        self.lay.fork(tokens)
+
+    def sync(self) -> None:
+        self.lay.sync()
+
     def layout(self) -> Layout:
         return Layout(list(self.ids), list(self.thread), list(self.pos), list(self.vis), list(self.targets),
                       self.prompt_len)
@@ -268,34 +274,22 @@ def build_layout(stored: str | Document, tokenizer, prompt_ids: list[int], end_i
     except the `<async>` that opens a block, which the interpreter forces.
     """
     doc = parse(stored) if isinstance(stored, str) else stored
-    lay = ThreadLayout()
-    ids: list[int] = []
-    thread: list[int] = []
-    pos: list[int] = []
-    vis: list[int] = []
-    targets: list[int] = []
-    last = {}  # thread -> index of its latest token, whose target is that thread's next token
+    rec = LayoutRecorder(prompt_ids)
+    last = {MAIN: len(prompt_ids) - 1} if prompt_ids else {}  # thread -> index of its latest token
 
-    def add(token: int, t: int, forced: bool = False, label_thread: int | None = None) -> None:
-        _, p, v = lay.append(t)
+    def add(token: int, t: int, forced: bool = False) -> None:
+        i = rec.feed(token, t)
         if t in last and not forced:
-            targets[last[t]] = token
-        last[t] = len(ids)
-        ids.append(token)
-        thread.append(t if label_thread is None else label_thread)
-        pos.append(p)
-        vis.append(v)
-        targets.append(IGNORE)
+            rec.drew(last[t], token)  # a thread's next token is the target of its previous one
+        last[t] = i
 
-    for token in prompt_ids:
-        add(token, MAIN, forced=True, label_thread=PROMPT)
     for piece in pieces(doc):
         for token in encode(tokenizer, piece.text):
             add(token, piece.thread, forced=piece.kind == "open")
         if piece.kind == "promise":
-            lay.fork(piece.tokens)
+            rec.fork(piece.tokens)
         elif piece.kind == "sync":
-            lay.sync()
+            rec.sync()
     if end_id is not None:
         add(end_id, MAIN)  # the end is an implicit sync: main's last token predicts it
-    return Layout(ids, thread, pos, vis, targets, len(prompt_ids))
+    return rec.layout()

@@ -198,15 +198,16 @@ class Request:
         if main.state == WAITING and all(b.state == DONE for b in self.blocks):
             self.layout.sync()
             if self.trace is not None:
-                self.trace.lay.sync()
+                self.trace.sync()
             main.state, main.feed, main.held = RUNNING, [main.held], None
         if main.state == RUNNING and main.feed:
             put(main, main.feed[0], True)
             main.feed = []
             for tag in main.forks:
-                tid = self.layout.fork(min(tag.tokens, self.opts.max_promise_tokens))
+                reserved = min(tag.tokens, self.opts.max_promise_tokens)
+                tid = self.layout.fork(reserved)
                 if self.trace is not None:
-                    self.trace.lay.fork(min(tag.tokens, self.opts.max_promise_tokens))
+                    self.trace.fork(reserved)
                 block = Thread(tid, Detokenizer(self.e.tokenizer, self.e.async_ids))
                 block.state, block.feed = QUEUED, list(self.e.async_ids)
                 self.blocks.append(block)
@@ -285,10 +286,12 @@ class Request:
             self._end_main()
             return
         if self.opts.stop:
-            so_far = main.text()
-            hits = [so_far.find(s) for s in self.opts.stop if s in so_far]
+            # a stop string now found ends in the new text (an older one would have stopped main already):
+            # search the tail it can reach, not all of main's text on every token
+            tail = main.tail(len(text) + max(map(len, self.opts.stop)) - 1)
+            hits = [tail.find(s) for s in self.opts.stop if s in tail]
             if hits:
-                cut = len(so_far) - min(hits)
+                cut = len(tail) - min(hits)
                 while cut > 0:  # trim the stop string off the tail of main's text items
                     kind, value = main.items[-1][0], main.items[-1][1]
                     if kind != "text":
