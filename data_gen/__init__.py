@@ -1,13 +1,13 @@
 """Teacher annotation: instruction data in, a Pasta-Lang training set out.
 
-    from data_gen import annotate, load_run_dataset
+    from data_gen import annotate
     annotate(answer, tokenizer)   # the structural teacher's stored form of one answer
-    load_run_dataset("runs/demo")  # the DatasetDict that `make dataset` wrote to runs/demo/dataset
+
+The dataset a run wrote is read with `pipeline.dataset.load_splits("runs/demo")`.
 """
 
 from .build import build
 from .config import DataGenConfig
 from .structural import annotate
-from .writer import load_run_dataset
 
-__all__ = ["annotate", "build", "DataGenConfig", "load_run_dataset"]
+__all__ = ["annotate", "build", "DataGenConfig"]

@@ -9,11 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cache import JsonlCache, key_of
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+from pipeline.jsonl import JsonlCache, key_of
+from pipeline.runfolder import slug
 
 
 def trim_cut_answer(text: str) -> str | None:
@@ -36,7 +33,7 @@ def fill_answers(records, cfg, cache_dir: Path) -> Counter:
         return counts
     settings = (cfg.answer_model, cfg.answer_max_new_tokens, cfg.answer_temperature, cfg.answer_top_p)
     keys = {r.id: key_of(r.messages, *settings) for r in todo}
-    cache = JsonlCache(cache_dir / f"answers-{_slug(cfg.answer_model)}.jsonl")
+    cache = JsonlCache(cache_dir / f"answers-{slug(cfg.answer_model)}.jsonl")
     missing = [r for r in todo if keys[r.id] not in cache]
     counts["answers_from_cache"] = len(todo) - len(missing)
     counts["answers_generated"] = len(missing)

@@ -8,8 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 from interpreter import render
+from pipeline import runfolder
+from pipeline.errors import PipelineError
+from pipeline.shards import parse_shard
 
-from . import runfolder, shards, writer
+from . import shards, writer
 from .answers import fill_answers
 from .filters import check_answer, check_reply, keep_share
 from .promises import Measured
@@ -17,7 +20,7 @@ from .sources import load_records
 from .structural import StructuralTeacher
 
 
-class DataGenError(RuntimeError):
+class DataGenError(PipelineError, RuntimeError):
     """The stage cannot produce a dataset; the message says why."""
 
 
@@ -82,7 +85,7 @@ def build(cfg, command: str = "python -m data_gen") -> dict:
     Raises RunFolderBusy at once when another run holds the run folder (or, for a worker, its shard)."""
     cfg.check()
     # workers of one run folder run side by side, each with its own caches and shard file: one lock each
-    name = "data_gen.shard-{}-of-{}".format(*shards.parse_shard(cfg.shard)) if cfg.shard else "data_gen"
+    name = "data_gen.shard-{}-of-{}".format(*parse_shard(cfg.shard)) if cfg.shard else "data_gen"
     with runfolder.hold(cfg.run_dir, name):
         if not cfg.shard:
             note = writer.recover(cfg.dataset_dir)
@@ -97,7 +100,7 @@ def _build(cfg, command: str) -> dict:
     records, counts = load_records(cfg.source, cfg.source_format, cfg.source_split, cfg.max_examples,
                                    cfg.shuffle_seed, cfg.source_categories)
     if cfg.shard:
-        index, count = shards.parse_shard(cfg.shard)
+        index, count = parse_shard(cfg.shard)
         mine = records[index::count]
         rows, tally, answers, teacher = annotate_records(cfg, mine, shards.cache_dir(cfg, index, count))
         path = shards.write(cfg, index, count, [r.id for r in mine], rows, tally, answers, teacher)

@@ -112,7 +112,7 @@ class DataGenConfig:
             raise ValueError("--shard and --merge_shards exclude each other: workers run --shard i/n, then one "
                              "--merge_shards n joins them")
         if self.shard:
-            from .shards import parse_shard
+            from pipeline.shards import parse_shard
 
             parse_shard(self.shard)
         if self.merge_shards is not None and self.merge_shards < 1:

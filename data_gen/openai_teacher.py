@@ -19,11 +19,14 @@ from collections import Counter
 
 from tqdm import tqdm
 
+from pipeline.errors import PipelineError
+from pipeline.jsonl import JsonlCache, key_of
+from pipeline.runfolder import slug
+
 from . import prompt
-from .cache import JsonlCache, key_of
 
 
-class TeacherError(RuntimeError):
+class TeacherError(PipelineError, RuntimeError):
     """The endpoint cannot serve this run at all (unreachable, wrong key, unknown model)."""
 
 
@@ -31,15 +34,11 @@ class _BrokenReply(ValueError):
     pass
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-
-
 class OpenAITeacher:
     def __init__(self, cfg, cache_dir):
         self.cfg = cfg
         self.name = f"openai:{cfg.openai_model}"
-        self.cache = JsonlCache(cache_dir / f"teacher-{_slug(self.name)}.jsonl")
+        self.cache = JsonlCache(cache_dir / f"teacher-{slug(self.name)}.jsonl")
         self.tally: Counter = Counter()
 
     def key(self, record) -> str:

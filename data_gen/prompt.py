@@ -8,8 +8,7 @@ from functools import cache
 from pathlib import Path
 
 from interpreter import strip
-
-from .cache import key_of
+from pipeline.jsonl import key_of
 
 EXAMPLES_DIR = Path(__file__).with_name("examples")
 INSTRUCTION_MARK, ANSWER_MARK = "=== instruction ===\n", "=== answer ===\n"

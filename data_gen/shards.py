@@ -1,42 +1,24 @@
 """Many workers, one dataset: `--shard i/n` annotates every n-th source record (from the i-th on) with its
 own caches, into `<run_dir>/dataset-shards/records.shard-i-of-n.jsonl`; `--merge_shards n` joins the n files,
 each record exactly once, and hands the rows to the same share filter, split and writer a single build uses.
-
-The naming (`.shard-i-of-n`) follows eval/shards.py; the helpers are local because data_gen reports a bad
-flag as ValueError (one line, exit 2) and should not depend on the downstream eval package.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from contextlib import suppress
 from pathlib import Path
 
-from .runfolder import writing
+from pipeline.runfolder import writing
+from pipeline.shards import ShardError, shard_path
 
 # flags that change how a worker runs, not which rows it writes (or that only the merge applies)
 LOCAL = {"run_dir", "cache_dir", "shard", "merge_shards", "answer_batch_size", "answer_dtype", "openai_base_url",
          "openai_api_key_env", "openai_concurrency", "openai_timeout", "openai_max_retries", "openai_backoff",
          "openai_max_backoff", "openai_reply_tries", "no_parallel_share", "test_size", "push_to_hub", "hub_repo_id",
          "hub_private"}
-
-
-class ShardError(RuntimeError):
-    """Shards that cannot be merged; the message names the shard and its file."""
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
-    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), not {spec!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def shard_path(path: Path, index: int, count: int) -> Path:
-    return path.with_name(f"{path.stem}.shard-{index}-of-{count}{path.suffix}")
 
 
 def records_path(cfg, index: int, count: int) -> Path:

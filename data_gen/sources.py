@@ -9,7 +9,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import key_of
+from pipeline.errors import PipelineError
+from pipeline.jsonl import key_of
 
 SEED_FILE = Path(__file__).with_name("seeds.jsonl")
 SEED = "seed"
@@ -17,7 +18,7 @@ FORMATS = ("auto", "sharegpt", "alpaca", "instruction_response", "messages", "in
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
-class SourceError(ValueError):
+class SourceError(PipelineError, ValueError):
     """A source that cannot be read; the message names the source and what is wrong."""
 
 

@@ -11,8 +11,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from pipeline.runfolder import writing
+
 from .filters import FIXES, RULES
-from .runfolder import writing
 
 COLUMNS = {
     "id": "stable hash of the prompt and the original answer",
@@ -153,8 +154,8 @@ Each rejected example is counted under the first rule it breaks.
 ## Loading
 
 ```python
-from data_gen import load_run_dataset
-ds = load_run_dataset("runs/{stats['run']}")  # a DatasetDict with train and test
+from pipeline.dataset import load_splits
+ds = load_splits("runs/{stats['run']}")  # a DatasetDict with train and test
 ```
 """
 
@@ -231,18 +232,6 @@ def write(out: Path, train: list[dict], test: list[dict], stats: dict, command: 
         shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs back
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def load_run_dataset(run: str | os.PathLike = "runs/demo"):
-    """The DatasetDict of a run: give the run folder or the dataset folder itself."""
-    from datasets import load_from_disk
-
-    run = Path(run)
-    for path in (run, run / "dataset"):
-        if (path / "dataset_dict.json").exists():
-            return load_from_disk(str(path))
-    raise FileNotFoundError(f"no dataset in {run} or {run / 'dataset'}; build it with: python -m data_gen "
-                            f"--run_dir {run}")
 
 
 def push(out: Path, repo_id: str, private: bool) -> None:

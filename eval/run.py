@@ -15,14 +15,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from interpreter import Engine, ModelNotFound, Options, cross_block_repetition, load_model, parse
+from pipeline.errors import cli as run_cli
+from pipeline.jsonl import append_rows, read_rows
+from pipeline.judges import JudgmentCache, OpenAIJudge, make_judge
+from pipeline.runfolder import hold, slug
+from pipeline.shards import parse_shard, shard_path
 
 from . import report
-from .jsonl import JsonlError, append_rows, read_rows
-from .judges import JudgmentCache, OpenAIJudge, make_judge
 from .methods import Pasta, Sequential, SkeletonOfThought
 from .pattern import PatternDecoder
-from .prompts import PromptFileError, check_sets, load_prompts
-from .shards import merge, parse_shard, shard_path
+from .prompts import check_sets, load_prompts
+from .shards import merge
 from .winrate import bootstrap, geomean, lc_win_rate, win_rate
 
 METHODS = {"sequential": Sequential, "pasta": Pasta, "sot": SkeletonOfThought, "pattern": PatternDecoder}
@@ -116,6 +119,11 @@ class Generations:
         self.rows = {row["prompt_id"]: row for row in read_rows(path) if row.get("settings") == self.key}
         path.parent.mkdir(parents=True, exist_ok=True)
 
+    def holds(self, prompt: dict) -> bool:
+        """An answer to this prompt as it reads now (a prompt edited under the same id is answered again)."""
+        row = self.rows.get(prompt["id"])
+        return row is not None and row.get("instruction", prompt["instruction"]) == prompt["instruction"]
+
     def add(self, row: dict) -> None:
         row = {**row, "settings": self.key}
         self.rows[row["prompt_id"]] = row
@@ -123,30 +131,36 @@ class Generations:
 
 
 def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[int, int] | None = None):
-    """Every row's answers to `prompts` (cached under out/generations, where every prompt set's answers live)."""
+    """Every row's answers to `prompts` (cached under out/generations, where every prompt set's answers live).
+    One model is resident at a time: the rows are decoded grouped by model."""
     timed_in = f"{os.uname().nodename}-{os.getpid()}-{time.time():.0f}"  # this run: wall times compare within it
     options = Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
                       max_threads=args.max_threads, stop_loops=args.stop_loops)
-    engines: dict[str, Engine] = {}
+    mine = [p for i, p in enumerate(prompts) if shard is None or i % shard[1] == shard[0]]
+    rows = plan(args)
+    first = {}  # model -> its first row
+    for i, (_, _, path) in enumerate(rows):
+        first.setdefault(path, i)
     generations = {}
-    for method, label, path in plan(args):
+    engine, loaded = None, None
+    for method, label, path in sorted(rows, key=lambda row: first[row[2]]):
         name = f"{method} · {label}"
-        file = out / "generations" / f"{method}--{report._slug(label)}.jsonl"
+        file = out / "generations" / f"{method}--{slug(label)}.jsonl"
         cache = Generations(shard_path(file, *shard) if shard else file,
                             {"method": method, "model": path, "weights": weights_stamp(path),
                              "options": asdict(options), "dtype": args.dtype})
-        mine = [p for i, p in enumerate(prompts) if shard is None or i % shard[1] == shard[0]]
-        todo = [p for p in mine if p["id"] not in cache.rows]
+        todo = [p for p in mine if not cache.holds(p)]
         if todo:
-            if path not in engines:
-                model, tok = load_model(path, dtype=args.dtype, device=args.device)
-                engines[path] = Engine(model, tok)
-            runner = METHODS[method](engines[path], label, options)
+            if loaded != path:
+                engine = runner = None  # the last model goes (with the runner holding it) before the next loads
+                engine, loaded = Engine(*load_model(path, dtype=args.dtype, device=args.device)), path
+            runner = METHODS[method](engine, label, options)
             runner.answer("Say hello.")  # warm-up: first calls pay for allocation, not decoding
             for p in tqdm(todo, desc=name, file=sys.stderr):
-                cache.add({"prompt_id": p["id"], **runner.answer(p["instruction"]), "timed_in": timed_in})
+                cache.add({"prompt_id": p["id"], "instruction": p["instruction"], **runner.answer(p["instruction"]),
+                           "timed_in": timed_in})
         generations[name] = {p["id"]: cache.rows[p["id"]] for p in mine}
-    return generations
+    return {f"{method} · {label}": generations[f"{method} · {label}"] for method, label, _ in rows}
 
 
 def mixed_timing(generations: dict[str, dict[str, dict]]) -> dict[str, int]:
@@ -241,8 +255,16 @@ def main(args: EvalArguments) -> list[dict]:
     sets = [args.prompts] if isinstance(args.prompts, str) else list(args.prompts)
     prompts = {name: load_prompts(name, args.limit) for name in sets}
     check_sets(prompts)
-    if args.shard:
-        index, count = parse_shard(args.shard)
+    shard = parse_shard(args.shard) if args.shard else None
+    # one run at a time writes eval/ (workers of one run: one lock each, over their own shard files)
+    with hold(args.run_dir, "eval.shard-{}-of-{}".format(*shard) if shard else "eval"):
+        return _main(args, sets, prompts, shard, out, started)
+
+
+def _main(args: EvalArguments, sets: list[str], prompts: dict[str, list[dict]], shard: tuple[int, int] | None,
+          out: Path, started: float) -> list[dict]:
+    if shard:
+        index, count = shard
         done = generate(args, [p for rows in prompts.values() for p in rows], out, (index, count))
         print(f"shard {index}/{count}: {sum(len(g) for g in done.values())} generations in {out / 'generations'}; "
               f"join them with --merge_shards {count}")
@@ -267,46 +289,9 @@ def main(args: EvalArguments) -> list[dict]:
 DESCRIPTION = "python -m eval --config configs/demo/eval.yaml [--flag value ...]: quality and speed of every method."
 
 
-def parse_args(argv: list[str] | None = None) -> EvalArguments:
-    """The flags, over the YAML recipe named by --config."""
-    from trl import TrlParser
-
-    (args,) = TrlParser((EvalArguments,), prog="python -m eval", description=DESCRIPTION).parse_args_and_config(argv)
-    return args
-
-
-def _one_line(err: BaseException | str) -> str:
-    if isinstance(err, OSError) and err.filename and err.strerror:
-        return f"{err.filename}: {err.strerror}"
-    return " ".join(str(err).split())  # a YAML error spans lines
-
-
 def cli(argv: list[str] | None = None) -> int:
     """`python -m eval`: runs `main`; an error a user can cause is one line on stderr and exit status 2."""
-    import yaml
+    from trl import TrlParser
 
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parse_args(argv)
-    except OSError as err:  # a config file that cannot be read; the message names it
-        return _fail(_one_line(err))
-    except (ValueError, yaml.YAMLError) as err:  # a broken config file, or a key it may not have
-        where = f"{argv[argv.index('--config') + 1]}: " if "--config" in argv[:-1] else ""
-        return _fail(where + _one_line(err))
-    try:
-        main(args)
-    except (PromptFileError, JsonlError, ModelNotFound, ValueError, OSError) as err:
-        return _fail(_one_line(err))
-    except SystemExit as err:  # the checks of plan, shards and judges stop with their message
-        if isinstance(err.code, str):
-            return _fail(_one_line(err.code))
-        raise
-    except KeyboardInterrupt:
-        print("eval: interrupted; run the same command again to go on from the caches", file=sys.stderr)
-        return 130
-    return 0
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+    return run_cli(TrlParser((EvalArguments,), prog="python -m eval", description=DESCRIPTION), main, argv,
+                   errors=(ModelNotFound,))

@@ -8,18 +8,9 @@ import os
 import re
 from pathlib import Path
 
-from .jsonl import read_rows
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
-    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise SystemExit(f"--shard must be i/n with 0 <= i < n, not {spec!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def shard_path(path: Path, index: int, count: int) -> Path:
-    return path.with_name(f"{path.stem}.shard-{index}-of-{count}{path.suffix}")
+from pipeline.jsonl import read_rows
+from pipeline.runfolder import writing
+from pipeline.shards import ShardError
 
 
 def merge(folder: Path, count: int, expected: set[str]) -> list[Path]:
@@ -29,27 +20,28 @@ def merge(folder: Path, count: int, expected: set[str]) -> list[Path]:
         name, index = re.fullmatch(rf"(.+)\.shard-(\d+)-of-{count}\.jsonl", path.name).groups()
         groups.setdefault(name, {})[int(index)] = path
     if not groups:
-        raise SystemExit(f"no shard files (*.shard-i-of-{count}.jsonl) under {folder}")
+        raise ShardError(f"no shard files (*.shard-i-of-{count}.jsonl) under {folder}")
     merged = []
     for name, shards in sorted(groups.items()):
         missing = sorted(set(range(count)) - shards.keys())
         if missing:
-            raise SystemExit(f"{name}: shards {missing} of {count} have not written anything yet")
+            raise ShardError(f"{name}: shards {missing} of {count} have not written anything yet")
         rows, seen = [], {}
         for index, path in sorted(shards.items()):
             for row in read_rows(path):  # a row cut by a kill: that shard redoes the prompt when rerun
                 key = row["prompt_id"]
                 if key in seen and seen[key] != index:
-                    raise SystemExit(f"{name}: prompt {key} was answered by shards {seen[key]} and {index}")
+                    raise ShardError(f"{name}: prompt {key} was answered by shards {seen[key]} and {index}")
                 seen[key] = index
                 rows.append(row)
         lacking = expected - seen.keys()
         if lacking:
-            raise SystemExit(f"{name}: {len(lacking)} prompts have no answer yet (e.g. {sorted(lacking)[0]}); "
+            raise ShardError(f"{name}: {len(lacking)} prompts have no answer yet (e.g. {sorted(lacking)[0]}); "
                              "rerun the shards that own them")
         target = folder / f"{name}.jsonl"
         tmp = target.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, target)
+        with writing(tmp):
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            os.replace(tmp, target)
         merged.append(target)
     return merged

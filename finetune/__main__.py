@@ -7,32 +7,30 @@ Every recipe key is also a flag, and flags override the recipe (TRL's TrlParser)
 """
 
 import os
+import sys
 
 
-def main(argv=None) -> None:
+def run(args, sft, model_args) -> None:
+    from .sft import check_args, train
+
+    check_args(args, sft, model_args)
+    if "wandb" in sft.report_to and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # logs locally unless an account is set up
+    for variant in ["pasta", "baseline"] if args.variant == "both" else [args.variant]:
+        train(variant, args, sft, model_args)
+
+
+def main(argv=None) -> int:
     from trl import ModelConfig, SFTConfig, TrlParser
 
     from interpreter import ModelNotFound
+    from pipeline.errors import cli
 
-    from .data import DatasetError
-    from .errors import fail, parse
-    from .sft import FinetuneArguments, check_args, train
+    from .sft import FinetuneArguments
 
     parser = TrlParser((FinetuneArguments, SFTConfig, ModelConfig), prog="python -m finetune", description=__doc__)
-    args, sft, model_args = parse(parser, argv)
-    try:
-        check_args(args, sft, model_args)
-    except (ValueError, OSError) as err:
-        fail(parser.prog, err)
-    if "wandb" in sft.report_to and not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")  # logs locally unless an account is set up
-    variants = ["pasta", "baseline"] if args.variant == "both" else [args.variant]
-    try:
-        for variant in variants:
-            train(variant, args, sft, model_args)
-    except (DatasetError, ModelNotFound, ValueError) as err:
-        fail(parser.prog, err)
+    return cli(parser, run, argv, errors=(ModelNotFound,))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

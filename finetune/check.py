@@ -38,8 +38,8 @@ from interpreter import (
     repetition,
     tag_cost,
 )
-
-from .data import load_splits, split
+from pipeline.dataset import load_splits, split
+from pipeline.prompts import read_instructions
 
 
 @dataclass
@@ -81,14 +81,8 @@ def reference_blocks(row: dict) -> int:
 def held_out_prompts(args: CheckArguments, dataset) -> list[dict]:
     """--prompts minus every instruction the run's dataset holds (any split), in a seeded order."""
     seen = {row["messages"][-1]["content"] for part in dataset.values() for row in part}
-    rows = []
-    for i, line in enumerate(Path(args.prompts).read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            row = json.loads(line)
-            messages = row.get("messages") or [{"role": "user", "content": row["instruction"]}]
-            if messages[-1]["content"] not in seen and (not args.categories or row.get("category") in args.categories):
-                rows.append({"id": row.get("id", f"{Path(args.prompts).stem}-{i}"), "messages": messages,
-                             "blocks": None})
+    rows = [{"id": p["id"], "messages": p["messages"], "blocks": None} for p in read_instructions(args.prompts)
+            if p["instruction"] not in seen and (not args.categories or p["category"] in args.categories)]
     random.Random(0).shuffle(rows)
     return rows[:args.limit] if args.limit else rows
 
@@ -247,21 +241,15 @@ def check(args: CheckArguments) -> dict:
     return summary
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     from trl import TrlParser
 
     from interpreter import ModelNotFound
-
-    from .data import DatasetError
-    from .errors import fail, parse
+    from pipeline.errors import cli
 
     parser = TrlParser((CheckArguments,), prog="python -m finetune.check", description=__doc__)
-    (args,) = parse(parser, argv)
-    try:
-        print(json.dumps(check(args), indent=1))
-    except (DatasetError, ModelNotFound, OSError, ValueError) as err:
-        fail(parser.prog, err)
+    return cli(parser, lambda args: print(json.dumps(check(args), indent=1)), argv, errors=(ModelNotFound,))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

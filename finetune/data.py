@@ -6,32 +6,10 @@ import json
 from pathlib import Path
 
 from interpreter import PastaSyntaxError
+from pipeline.dataset import DatasetError
 
 # variant -> (column it trains on, model folder name)
 VARIANTS = {"pasta": ("annotated", "pasta-sft"), "baseline": ("stripped", "baseline-sft")}
-
-
-class DatasetError(ValueError):
-    """The dataset cannot be trained on; the message says where and why."""
-
-
-def load_splits(path: str | Path):
-    """A saved DatasetDict (or Dataset) folder, a folder holding <split>.jsonl files, or one .jsonl file (→ train)."""
-    from datasets import DatasetDict, load_dataset, load_from_disk
-
-    path = Path(path)
-    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
-        data = load_from_disk(str(path))
-        return data if isinstance(data, DatasetDict) else DatasetDict(train=data)
-    if path.is_dir():
-        files = {p.stem: str(p) for p in sorted(path.glob("*.jsonl"))}
-        if files:
-            return load_dataset("json", data_files=files)
-    elif path.suffix in (".jsonl", ".json") and path.is_file():
-        return DatasetDict(train=load_dataset("json", data_files=str(path), split="train"))
-    hint = " (run `make dataset` first, or pass --dataset)" if not path.exists() else ""
-    raise DatasetError(f"{path}: not a saved DatasetDict folder, a folder with train.jsonl/test.jsonl, "
-                       f"or a .jsonl file{hint}")
 
 
 def tag_tokens_setting(where: str | Path, asked: bool | None) -> bool:
@@ -47,14 +25,6 @@ def tag_tokens_setting(where: str | Path, asked: bool | None) -> bool:
                            f"but add_tag_tokens is {asked}; leave add_tag_tokens unset to follow the dataset, or "
                            f"rebuild it with --tag_tokens {str(asked).lower()}")
     return measured
-
-
-def split(data, name: str, where: str):
-    if name not in data:
-        raise DatasetError(f"{where}: no split {name!r} (splits: {', '.join(data) or 'none'})")
-    if len(data[name]) == 0:
-        raise DatasetError(f"{where}: split {name!r} is empty")
-    return data[name]
 
 
 def prepare(rows, collator, where: str):

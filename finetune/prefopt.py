@@ -1,8 +1,8 @@
 """Preference optimization, the paper's second stage: BoNBoN rounds along the quality/speed trade-off.
 
 Each round and each λ: sample N answers per training prompt from the current model and keep the
-best and worst by theoretical speedup + λ·quality (`python -m eval.pairs`, which owns the judges:
-it runs as its own process, so finetune never imports eval), then train on the pairs with
+best and worst by theoretical speedup + λ·quality (`pipeline.preference`, in this process; the
+policy is freed before training loads it again), then train on the pairs with
 
     L = −α·log pθ(y⁺|x)/|y⁺| + (1−α)·(log pθ(y⁺|x)/pθ(y⁻|x) − log pref(y⁺|x)/pref(y⁻|x) − 1/(2β))²
 
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,39 +27,22 @@ import torch
 from transformers import Trainer, TrainingArguments
 from trl import ModelConfig
 
+from pipeline.preference import PreferenceArguments, lambda_name, sample_pairs
+
 from .collator import PastaCollator
 from .sft import load_student, lora_config, mask_dtype, merge_lora
 
 
 @dataclass
-class PrefOptArguments:
-    run_dir: str = field(default="runs/demo", metadata={"help": "reads <run_dir>/dataset, writes <run_dir>/models"})
+class PrefOptArguments(PreferenceArguments):
+    """The sampling of every round (PreferenceArguments), and the rounds and loss."""
+
     rounds: int = field(default=1, metadata={"help": "BoNBoN rounds; round k samples from round k-1's model"})
-    lambdas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, math.inf],
-                                 metadata={"help": "λ in speedup + λ·quality (inf: quality alone)"})
-    samples: int = field(default=10, metadata={"help": "N answers sampled per prompt"})
-    num_prompts: int = field(default=32, metadata={"help": "training prompts sampled per round"})
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = field(default=256, metadata={
-        "help": "a sample's budget, every thread together; answers it ends are left out of the pairs"})
-    judge: str = field(default="proxy", metadata={"help": "proxy (offline) or openai, as in eval"})
-    repaired: str = field(default="worst", metadata={
-        "help": "answers whose tags needed repair (answers the budget ended are left out anyway): worst (can be "
-                "rejected, never chosen) or skip (left out of the pairs)", "choices": ["worst", "skip"]})
-    stop_loops: bool = field(default=False, metadata={
-        "help": "samples: end a thread that falls into a loop (it counts as broken, and costs no more budget)"})
-    judge_args: list[str] = field(default_factory=list, metadata={
-        "help": "more flags for python -m eval.pairs, e.g. --judge_model gpt-4o --judge_base_url URL"})
     alpha: float = field(default=0.2, metadata={"help": "weight of the SFT term on the best answer"})
     beta: float = field(default=0.5, metadata={"help": "the squared term pulls the log-ratio margin to 1/(2β)"})
     stage: str = field(default="all", metadata={"help": "all (rounds), or train: one run on --pairs from --policy"})
     pairs: str | None = field(default=None, metadata={"help": "stage train: a pairs-l<λ>.jsonl"})
     output_name: str | None = field(default=None, metadata={"help": "stage train: folder name under models/"})
-
-
-def lam_name(lam: float) -> str:
-    return "inf" if math.isinf(lam) else f"{lam:g}"
 
 
 class PairCollator:
@@ -165,17 +146,6 @@ def train_pairs(policy: str, pairs_file: Path, out: Path, args: PrefOptArguments
     return summary
 
 
-def sample_pairs(policy: str, out: Path, lambdas: list[float], args: PrefOptArguments) -> None:
-    """Runs `python -m eval.pairs` (sampling, judging, best/worst) as its own process."""
-    command = [sys.executable, "-m", "eval.pairs", "--run_dir", args.run_dir, "--policy", policy, "--out", str(out),
-               "--samples", str(args.samples), "--num_prompts", str(args.num_prompts), "--temperature",
-               str(args.temperature), "--top_p", str(args.top_p), "--max_new_tokens", str(args.max_new_tokens),
-               "--judge", args.judge, "--repaired", args.repaired, "--stop_loops", str(args.stop_loops),
-               "--lambdas", *[lam_name(x) for x in lambdas], *args.judge_args]
-    print("prefopt: " + " ".join(command), file=sys.stderr, flush=True)
-    subprocess.run(command, check=True)
-
-
 def run_rounds(args: PrefOptArguments, training: TrainingArguments, model_args: ModelConfig) -> list[dict]:
     """Every round and λ; a step whose output exists is skipped, so a killed run resumes where it stopped."""
     models = Path(args.run_dir) / "models"
@@ -184,36 +154,40 @@ def run_rounds(args: PrefOptArguments, training: TrainingArguments, model_args: 
     done = []
     for k in range(1, args.rounds + 1):
         for lam in args.lambdas:
-            name = f"prefopt-l{lam_name(lam)}-r{k}"
+            name = f"prefopt-l{lambda_name(lam)}-r{k}"
             out = models / name
             if (out / "config.json").exists():
                 continue
-            policy = init if k == 1 else str(models / f"prefopt-l{lam_name(lam)}-r{k - 1}")
+            policy = init if k == 1 else str(models / f"prefopt-l{lambda_name(lam)}-r{k - 1}")
             # round 1 samples the shared starting model once for every λ; later rounds sample each λ's own model
-            folder = Path(args.run_dir) / "prefopt" / f"round-{k}" / ("" if k == 1 else f"l{lam_name(lam)}")
-            pairs = folder / f"pairs-l{lam_name(lam)}.jsonl"
+            folder = Path(args.run_dir) / "prefopt" / f"round-{k}" / ("" if k == 1 else f"l{lambda_name(lam)}")
+            pairs = folder / f"pairs-l{lambda_name(lam)}.jsonl"
             if not pairs.exists():
-                sample_pairs(policy, folder, args.lambdas if k == 1 else [lam], args)
+                sample_pairs(args, policy, folder, args.lambdas if k == 1 else [lam])
             done.append(train_pairs(policy, pairs, out, args, training, model_args))
     return done
 
 
-def main(argv=None) -> None:
+def run(args: PrefOptArguments, training: TrainingArguments, model_args: ModelConfig) -> None:
+    if args.stage != "train":
+        run_rounds(args, training, model_args)
+    elif not (args.pairs and args.output_name and model_args.model_name_or_path):
+        raise ValueError("stage train needs --pairs, --output_name and --model_name_or_path (the policy)")
+    else:
+        train_pairs(model_args.model_name_or_path, Path(args.pairs), Path(args.run_dir) / "models" / args.output_name,
+                    args, training, model_args)
+
+
+def main(argv=None) -> int:
     from trl import TrlParser
 
-    from .errors import fail, parse
+    from interpreter import ModelNotFound
+    from pipeline.errors import cli
 
     parser = TrlParser((PrefOptArguments, TrainingArguments, ModelConfig), prog="python -m finetune.prefopt",
                        description=__doc__)
-    args, training, model_args = parse(parser, argv)
-    if args.stage == "train":
-        if not (args.pairs and args.output_name and model_args.model_name_or_path):
-            fail(parser.prog, "stage train needs --pairs, --output_name and --model_name_or_path (the policy)")
-        train_pairs(model_args.model_name_or_path, Path(args.pairs), Path(args.run_dir) / "models" / args.output_name,
-                    args, training, model_args)
-    else:
-        run_rounds(args, training, model_args)
+    return cli(parser, run, argv, errors=(ModelNotFound,))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

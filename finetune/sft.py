@@ -22,9 +22,10 @@ from torch import nn
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from interpreter import add_tag_tokens, has_tag_tokens, load_model, load_tokenizer
+from pipeline.dataset import load_splits, split
 
 from .collator import PastaCollator
-from .data import VARIANTS, load_splits, prepare, split, tag_tokens_setting
+from .data import VARIANTS, prepare, tag_tokens_setting
 
 DEFAULT_OUTPUT_DIR = "trainer_output"  # what TrainingArguments makes of an unset output_dir
 

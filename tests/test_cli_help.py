@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-MODULES = ["data_gen", "finetune", "finetune.check", "finetune.prefopt", "eval", "interpreter"]
+MODULES = ["data_gen", "finetune", "finetune.check", "finetune.prefopt", "eval", "eval.pairs", "interpreter"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -19,9 +19,9 @@ def test_help(module):
     assert out.stdout.startswith("usage:")
 
 
-@pytest.mark.parametrize("module", ["finetune", "finetune.check", "finetune.prefopt"])
+@pytest.mark.parametrize("module", ["data_gen", "finetune", "finetune.check", "finetune.prefopt", "eval", "eval.pairs"])
 def test_a_missing_recipe_is_one_line(module, tmp_path):
     out = subprocess.run([sys.executable, "-m", module, "--config", str(tmp_path / "nope.yaml")], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        f"python -m {module}: error: [Errno 2] No such file or directory: '{tmp_path / 'nope.yaml'}'"]
+        f"python -m {module}: error: {tmp_path / 'nope.yaml'}: No such file or directory"]

@@ -5,9 +5,9 @@ from tiny import bpe_tokenizer, tiny_model
 
 import interpreter
 from data_gen.answers import fill_answers
-from data_gen.cache import JsonlCache
 from data_gen.config import DataGenConfig
 from data_gen.sources import Record
+from pipeline.jsonl import JsonlCache
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ from dg_common import instruction_source, list_answer, read_jsonl, student_dir
 from dg_replay import ReplayServer
 from tiny import bpe_tokenizer
 
-from data_gen import annotate, load_run_dataset
+from data_gen import annotate
 from data_gen.cli import main, parse_config
 from interpreter import add_tag_tokens, load_tokenizer, measure, parse, strip
+from pipeline.dataset import DatasetError, load_splits
 
 COLUMNS = ["id", "messages", "annotated", "stripped", "source", "teacher", "blocks", "sequential_tokens",
            "parallel_steps", "total_tokens", "theoretical_speedup", "parallelism"]
@@ -50,7 +51,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys, args, message):
     args = [str(source) if a == "SOURCE" else a for a in args]
     assert main([*args, "--run_dir", str(tmp_path / "runs" / "t")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert err.startswith("python -m data_gen: error: ") and message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("yaml_text, message", [("max_blockz: 3\n", "max_blockz"),
@@ -60,7 +61,7 @@ def test_a_bad_config_file_is_reported_with_its_path(tmp_path, capsys, yaml_text
     path.write_text(yaml_text)
     assert main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {path}: ") and message in err
+    assert err.startswith(f"python -m data_gen: error: {path}: ") and message in err
 
 
 def test_structural_build_writes_what_finetune_reads(tmp_path, capsys):
@@ -76,7 +77,7 @@ def test_structural_build_writes_what_finetune_reads(tmp_path, capsys):
     assert stats["rejected"]["no-parallelism-over-share"] == 1  # "Paris." has no room next to 12 forked answers
     assert (stats["kept"], stats["with_blocks"], stats["train"] + stats["test"]) == (12, 12, 12)
     assert summary["kept"] == 12 and summary["mean_theoretical_speedup"] == stats["theoretical_speedup"]["mean"]
-    ds = load_run_dataset(tmp_path / "runs" / "t")
+    ds = load_splits(tmp_path / "runs" / "t")
     assert ds["train"].column_names == COLUMNS and (len(ds["train"]), len(ds["test"])) == (10, 2)
     rows = list(ds["train"]) + list(ds["test"])
     tok = load_tokenizer(student_dir(tmp_path))
@@ -93,8 +94,8 @@ def test_structural_build_writes_what_finetune_reads(tmp_path, capsys):
     assert read_jsonl(out / "train.jsonl") == list(ds["train"])
     assert (out / "speedup_hist.png").stat().st_size > 1000
     assert "structural (rule-based, offline)" in (out / "README.md").read_text()
-    again = load_run_dataset(tmp_path / "runs" / "t")
-    assert load_run_dataset(out)["test"]["id"] == ds["test"]["id"] == again["test"]["id"]
+    again = load_splits(tmp_path / "runs" / "t")
+    assert load_splits(out)["test"]["id"] == ds["test"]["id"] == again["test"]["id"]
 
 
 def test_a_second_build_gives_the_same_files(tmp_path):
@@ -108,8 +109,8 @@ def test_a_second_build_gives_the_same_files(tmp_path):
 
 
 def test_load_dataset_says_how_to_build_a_missing_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m data_gen --run_dir"):
-        load_run_dataset(tmp_path / "nope")
+    with pytest.raises(DatasetError, match="run `make dataset` first"):
+        load_splits(tmp_path / "nope")
 
 
 def P(topic, tokens=5):
@@ -158,6 +159,6 @@ def test_openai_build_counts_every_rule_and_fix(tmp_path):
 def test_an_empty_test_split_is_written_and_loads(tmp_path, answers, flags):
     source = instruction_source(tmp_path, [list_answer(i) for i in range(answers)])
     assert build(tmp_path, source, *flags) == 0
-    ds = load_run_dataset(tmp_path / "runs" / "t")
+    ds = load_splits(tmp_path / "runs" / "t")
     assert (len(ds["train"]), len(ds["test"])) == (answers, 0) and ds["test"].column_names == COLUMNS
     assert (tmp_path / "runs" / "t" / "dataset" / "test.jsonl").read_text() == ""

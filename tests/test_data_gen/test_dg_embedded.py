@@ -5,9 +5,9 @@ import json
 import pytest
 from dg_common import write_jsonl
 
-from data_gen import load_run_dataset
 from data_gen.cli import main
 from interpreter import strip
+from pipeline.dataset import load_splits
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_answers_are_generated_once_and_the_set_is_built(tmp_path, capsys):
     again = json.loads((tmp_path / "s" / "dataset" / "stats.json").read_text())
     assert again["answers"] == {"answers_from_cache": 2, "answers_generated": 0}
     capsys.readouterr()
-    ds = load_run_dataset(tmp_path / "s")
+    ds = load_splits(tmp_path / "s")
     rows = list(ds["train"]) + list(ds["test"])
     assert len(rows) == again["kept"] == stats["kept"] >= 1
     for row in rows:

@@ -9,11 +9,11 @@ from dg_replay import ReplayServer
 from tiny import bpe_tokenizer
 
 from data_gen import annotate, prompt
-from data_gen.cache import JsonlCache
 from data_gen.cli import main
 from data_gen.config import DataGenConfig
 from data_gen.openai_teacher import OpenAITeacher, TeacherError
 from data_gen.sources import Record
+from pipeline.jsonl import JsonlCache
 
 ANSWERS = [list_answer(i) for i in range(6)]
 RECORDS = [Record(f"r{i}", [{"role": "user", "content": f"Tips {i}?"}], a, "test") for i, a in enumerate(ANSWERS)]

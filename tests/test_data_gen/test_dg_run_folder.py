@@ -13,16 +13,18 @@ from dg_replay import ReplayServer
 from test_dg_cli import build
 from tiny import bpe_tokenizer
 
-from data_gen import annotate, load_run_dataset, runfolder, writer
-from data_gen.cache import JsonlCache
+from data_gen import annotate, writer
 from data_gen.cli import main
+from pipeline import runfolder
+from pipeline.dataset import load_splits
+from pipeline.jsonl import JsonlCache
 
 ANSWERS = [list_answer(i) for i in range(6)]
 
 
 def error_lines(err: str) -> list[str]:
     assert "Traceback" not in err
-    return [line for line in err.splitlines() if line.startswith("error:")]
+    return [line for line in err.splitlines() if line.startswith("python -m data_gen: error:")]
 
 
 def published(run) -> tuple[dict, str, str]:
@@ -30,7 +32,7 @@ def published(run) -> tuple[dict, str, str]:
     stats agree."""
     out = run / "dataset"
     stats = json.loads((out / "stats.json").read_text())
-    ds = load_run_dataset(run)
+    ds = load_splits(run)
     assert (len(ds["train"]), len(ds["test"])) == (stats["train"], stats["test"])
     assert read_jsonl(out / "train.jsonl") == list(ds["train"]) and read_jsonl(out / "test.jsonl") == list(ds["test"])
     return stats, (out / "train.jsonl").read_text(), (out / "README.md").read_text()
@@ -72,7 +74,7 @@ def test_a_second_run_on_a_busy_run_folder_is_refused_and_the_first_publishes_wh
 def test_the_run_lock_keeps_out_a_build_and_a_merge_but_not_a_worker(tmp_path, capsys):
     source = instruction_source(tmp_path, ANSWERS)
     run = tmp_path / "runs" / "t"
-    with runfolder.hold(run) as lock:
+    with runfolder.hold(run, "data_gen") as lock:
         assert f"pid {os.getpid()}" in lock.read_text()
         assert build(tmp_path, source, "--shard", "0/2") == 0  # workers hold a lock of their own shard
         capsys.readouterr()
@@ -96,7 +98,7 @@ def test_a_dataset_left_only_as_its_backup_is_restored_before_anything_else(tmp_
     assert build(tmp_path, tmp_path / "missing.jsonl") == 2  # this run fails, but only after the restore
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "restored" in err[0] and str(run / "dataset") in err[0]
-    assert err[1].startswith("error: ") and "missing.jsonl" in err[1]
+    assert err[1].startswith("python -m data_gen: error: ") and "missing.jsonl" in err[1]
     assert published(run) == before
     assert sorted(p.name for p in run.iterdir()) == ["dataset"]
 
@@ -115,7 +117,7 @@ def test_a_full_disk_while_writing_the_dataset_names_stage_and_file_and_keeps_th
     capsys.readouterr()
     assert build(tmp_path, source, "--test_size", "0.5") == 2
     (line,) = error_lines(capsys.readouterr().err)
-    assert line.startswith("error: data_gen: cannot write ") and "train.jsonl" in line and str(run) in line
+    assert line.startswith("python -m data_gen: error: cannot write ") and "train.jsonl" in line and str(run) in line
     assert "No space left on device [ENOSPC]" in line
     assert published(run) == before
     assert sorted(p.name for p in run.iterdir()) == ["dataset"]  # the half-written new one is gone
@@ -143,7 +145,7 @@ def test_a_full_disk_while_caching_a_reply_names_the_cache_and_keeps_what_it_hol
         assert data_gen() == 2
         monkeypatch.undo()
         (line,) = error_lines(capsys.readouterr().err)
-        assert line.startswith("error: data_gen: cannot write ") and str(cache) in line and "[ENOSPC]" in line
+        assert line.startswith("python -m data_gen: error: cannot write ") and str(cache) in line and "[ENOSPC]" in line
         kept = JsonlCache(cache)
         assert len(kept) == 2 and kept.dropped == 0  # the two replies written before, and no torn line
         assert data_gen() == 0

@@ -12,8 +12,9 @@ from dg_replay import ReplayServer
 from test_dg_resume import cached_answers, wait_until
 from tiny import bpe_tokenizer
 
-from data_gen import annotate, load_run_dataset
+from data_gen import annotate
 from data_gen.cli import main
+from pipeline.dataset import load_splits
 
 ANSWERS = ([list_answer(i) for i in range(12)] + [f"Plain answer number {i}." for i in range(4)]
            + ["  ", "Use <sync/> wisely.", "\n".join(["1. Pluto is far away"] * 30)])
@@ -61,7 +62,7 @@ def test_three_workers_and_a_merge_give_the_single_build(tmp_path, capsys, teach
         assert data_gen(tmp_path, sharded, source, *flags, "--merge_shards", "3") == 0
     summary = json.loads(capsys.readouterr().out)
     assert outputs(sharded) == outputs(single)
-    assert load_run_dataset(sharded)["test"]["id"] == load_run_dataset(single)["test"]["id"]
+    assert load_splits(sharded)["test"]["id"] == load_splits(single)["test"]["id"]
     stats = outputs(sharded)[2]
     kept = 12 if teacher == "openai" else 13  # forked answers (one changed by the openai teacher) + 1 plain of 4
     assert summary["kept"] == stats["kept"] == kept and stats["records"] == 19
@@ -124,7 +125,7 @@ def test_the_merge_refuses_a_gap_or_an_overlap_in_one_line(shards, tmp_path, cap
     capsys.readouterr()
     assert data_gen(tmp, run, source, "--merge_shards", "3") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: " + message.format(folder=run / "dataset-shards")), err
+    assert err.startswith("python -m data_gen: error: " + message.format(folder=run / "dataset-shards")), err
     assert err.count("\n") == 1 and not (run / "dataset").exists()
     if damage in (doubled, copied):
         assert "(overlap: it is already in shard 0/3)" in err
@@ -147,7 +148,7 @@ def test_the_merge_of_an_untouched_copy_works(shards, tmp_path):
 def test_a_bad_shard_flag_is_one_clear_line(tmp_path, capsys, flags, message):
     assert data_gen(tmp_path, tmp_path / "runs" / "t", instruction_source(tmp_path, [list_answer(0)]), *flags) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert err.startswith(f"python -m data_gen: error: {message}") and err.count("\n") == 1
 
 
 def test_a_killed_worker_goes_on_from_its_own_cache(tmp_path):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.jsonl import JsonlError, read_rows
 from eval.run import cli
+from pipeline.jsonl import JsonlError, read_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ def run(capsys, *argv) -> str:
     """Runs the CLI and returns its one line of stderr, checking that it failed with status 2."""
     assert cli([str(a) for a in argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("python -m eval: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     return err.strip()
 
 
@@ -47,7 +47,8 @@ def _rows(*rows) -> bytes:
         "no-instruction", "not-an-object", "latin-1", "empty"])
 def test_a_malformed_prompt_file_is_one_line_naming_file_and_line(tmp_path, capsys, body, message):
     path = _prompts(tmp_path, body)
-    assert run(capsys, "--run_dir", tmp_path / "run", "--prompts", path).startswith(f"error: {path}{message}")
+    err = run(capsys, "--run_dir", tmp_path / "run", "--prompts", path)
+    assert err.startswith(f"python -m eval: error: {path}{message}")
 
 
 def test_two_prompt_sets_may_not_give_one_id_two_instructions(tmp_path, capsys):
@@ -55,7 +56,7 @@ def test_two_prompt_sets_may_not_give_one_id_two_instructions(tmp_path, capsys):
     a.write_bytes(_rows({"id": 1, "instruction": "x"}))
     b.write_bytes(_rows({"id": "1", "instruction": "y"}))
     assert run(capsys, "--run_dir", tmp_path / "run", "--prompts", a, b) == \
-        f"error: {b}: id '1' names another instruction in {a}; give the prompts of one run distinct ids"
+        f"python -m eval: error: {b}: id '1' names another instruction in {a}; give the prompts of one run distinct ids"
 
 
 def test_a_good_prompt_file_still_reads(tmp_path):
@@ -72,12 +73,12 @@ def test_the_module_exits_2_with_one_line(tmp_path):
     path = _prompts(tmp_path, _rows({"id": "a", "instruction": "x"}, {"id": "a", "instruction": "y"}))
     out = subprocess.run([sys.executable, "-m", "eval", "--run_dir", str(tmp_path / "run"), "--prompts", str(path)],
                          capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 2 and out.stderr == f"error: {path}:2: duplicate id 'a', first on line 1\n"
+    assert out.returncode == 2 and out.stderr == f"python -m eval: error: {path}:2: duplicate id 'a', first on line 1\n"
 
 
 def test_a_missing_config_file(tmp_path, capsys):
     path = tmp_path / "nope.yaml"
-    assert run(capsys, "--config", path) == f"error: {path}: No such file or directory"
+    assert run(capsys, "--config", path) == f"python -m eval: error: {path}: No such file or directory"
 
 
 @pytest.mark.parametrize("yaml_text, message", [("limt: 3\n", "Unknown arguments from config file: ['--limt', '3']"),
@@ -87,7 +88,7 @@ def test_a_broken_config_file_names_it(tmp_path, capsys, yaml_text, message):
     path = tmp_path / "c.yaml"
     path.write_text(yaml_text)
     err = run(capsys, "--config", path)
-    assert err.startswith(f"error: {path}: ") and message in err
+    assert err.startswith(f"python -m eval: error: {path}: ") and message in err
 
 
 def _cached(tmp_path, body: bytes) -> list:
@@ -108,7 +109,8 @@ def _cached(tmp_path, body: bytes) -> list:
 ], ids=["bad-json", "not-an-object", "latin-1"])
 def test_a_broken_generations_cache_names_file_and_line(tmp_path, capsys, body, message):
     err = run(capsys, *_cached(tmp_path, body))
-    assert err.startswith(f"error: {tmp_path / 'run/eval/generations/sequential--smollm2-x.jsonl'}{message}")
+    cache = tmp_path / "run/eval/generations/sequential--smollm2-x.jsonl"
+    assert err.startswith(f"python -m eval: error: {cache}{message}")
 
 
 def test_a_last_line_cut_by_a_kill_is_no_error(tmp_path, capsys):
@@ -123,9 +125,10 @@ def test_a_last_line_cut_by_a_kill_is_no_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--max_threads", "0"], "error: max_threads must be at least 1, not 0"),
-    (["--run_dir", "RUN", "--baseline_model", "MODELS/nothing"], "error: no Baseline-SFT model at MODELS/nothing"),
-    (["--shard", "3/2"], "error: --shard must be i/n with 0 <= i < n, not '3/2'"),
+    (["--max_threads", "0"], "python -m eval: error: max_threads must be at least 1, not 0"),
+    (["--run_dir", "RUN", "--baseline_model", "MODELS/nothing"],
+     "python -m eval: error: no Baseline-SFT model at MODELS/nothing"),
+    (["--shard", "3/2"], "python -m eval: error: --shard must be i/n with 0 <= i < n (e.g. 0/4), not '3/2'"),
 ], ids=["options", "no-model", "shard"])
 def test_eval_s_other_errors_are_one_line(tmp_path, capsys, flags, message):
     prompts = _prompts(tmp_path, _rows({"id": "a", "instruction": "x"}))

@@ -9,10 +9,10 @@ from fastapi import FastAPI
 from serving import serving
 from tiny import bpe_tokenizer, tiny_model
 
-from eval.judges import JudgmentCache, OpenAIJudge
 from eval.prompts import load_prompts
 from eval.run import EvalArguments, main
 from eval.winrate import bootstrap, lc_win_rate, win_rate
+from pipeline.judges import JudgmentCache, OpenAIJudge
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +147,54 @@ def test_openai_judge_both_orders_and_cache(judge_server, tmp_path):
     again = OpenAIJudge("judge-model", JudgmentCache(tmp_path / "j.jsonl"), base_url=url)
     again.prefer_all([("q", "a long answer here", "short")])
     assert app.state.calls == 4  # the cached verdict is not paid for twice
+
+
+def test_an_edited_prompt_is_answered_anew_not_from_the_cache(run_root, tmp_path):
+    prompts = tmp_path / "edited.jsonl"
+    args = _args(run_root, prompts=[str(prompts)], methods=["sequential"])
+    prompts.write_text(json.dumps({"id": "e1", "instruction": "Name a fruit."}) + "\n")
+    main(args)
+    prompts.write_text(json.dumps({"id": "e1", "instruction": "Name a river."}) + "\n")  # same id, new text
+    main(args)
+    cached = [json.loads(line) for line in
+              (run_root / "t" / "eval" / "generations" / "sequential--baseline-sft.jsonl").read_text().splitlines()]
+    assert [r["instruction"] for r in cached if r["prompt_id"] == "e1"] == ["Name a fruit.", "Name a river."]
+
+
+def test_one_model_is_resident_at_a_time(run_root, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import eval.run
+
+    loaded, alive_at_load = [], []
+
+    def load(path, **kwargs):
+        gc.collect()
+        alive_at_load.append([ref() is not None for ref in loaded])
+        model, tok = load_model(path, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model, tok
+
+    load_model = eval.run.load_model
+    monkeypatch.setattr(eval.run, "load_model", load)
+    main(_fresh(run_root, tmp_path))
+    # sequential, sot and pattern share the Baseline-SFT model: loaded once, and gone before the PASTA model loads
+    assert alive_at_load == [[], [False]]
+
+
+def _fresh(run_root, tmp_path):
+    """Arguments of a run folder with no cached answers, over run_root's models."""
+    models = run_root / "t" / "models"
+    return EvalArguments(run_dir=str(tmp_path / "fresh"), prompts=[str(run_root / "prompts.jsonl")], max_new_tokens=8,
+                         baseline_model=str(models / "baseline-sft"), base_model=str(models / "baseline-sft"),
+                         pasta_models=[str(models / "pasta-sft")], proxy_reference=str(models / "baseline-sft"),
+                         bootstrap=10, limit=1)
+
+
+def test_a_second_eval_on_one_run_folder_is_refused(run_root, tmp_path):
+    from pipeline.runfolder import RunFolderBusy, hold
+
+    args = _fresh(run_root, tmp_path)
+    with hold(args.run_dir, "eval"), pytest.raises(RunFolderBusy, match="in use by another eval run"):
+        main(args)

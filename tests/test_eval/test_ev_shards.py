@@ -8,6 +8,7 @@ import pytest
 from tiny import bpe_tokenizer, tiny_model
 
 from eval.run import EvalArguments, main
+from pipeline.shards import ShardError
 
 
 @pytest.fixture(scope="module")
@@ -55,5 +56,5 @@ def test_merge_refuses_a_missing_shard(run_root, tmp_path):
     (gens / "sequential--baseline-sft.shard-0-of-2.jsonl").write_text("")
     args = EvalArguments(run_dir=str(tmp_path / "s"), prompts=str(tmp_path / "p.jsonl"), merge_shards=2,
                          baseline_model=str(run_root / "s" / "models" / "baseline-sft"), methods=["sequential"])
-    with pytest.raises(SystemExit, match=r"shards \[1\] of 2"):
+    with pytest.raises(ShardError, match=r"shards \[1\] of 2"):
         main(args)

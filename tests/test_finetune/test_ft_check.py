@@ -6,6 +6,7 @@ import pytest
 from tiny import bpe_tokenizer, tiny_model
 
 from finetune.check import CheckArguments, check
+from pipeline.prompts import prompt_id
 
 ANNOTATED = 'Two:<promise topic="a" tokens="3"/><async> one</async><sync/> done'
 
@@ -46,7 +47,7 @@ def test_held_out_prompts_leave_out_what_the_dataset_holds(run, tmp_path):
                                    categories=["list"], out=str(out)))
     answers = json.loads(out.read_text())["answers"]
     assert summary["answers"] == 2 and summary["promise_share"] is None  # no reference answers to compare with
-    assert sorted(a["id"] for a in answers) == ["seeds-1", "seeds-2"]
+    assert sorted(a["id"] for a in answers) == sorted(map(prompt_id, ["List five birds.", "Name two rivers."]))
     with pytest.raises(ValueError, match="no prompt left outside"):
         check(CheckArguments(model=str(run / "model"), run_dir=str(run), prompts=str(seeds), categories=["code"]))
 

@@ -6,8 +6,9 @@ from ft_helpers import rows, tiny_lm
 from tiny import bpe_tokenizer
 
 from finetune.collator import PastaCollator
-from finetune.data import DatasetError, prepare
+from finetune.data import prepare
 from interpreter import IGNORE
+from pipeline.dataset import DatasetError
 
 
 def test_batch_rows_are_the_layouts_and_padding_is_walled_off():

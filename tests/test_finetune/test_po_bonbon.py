@@ -10,11 +10,12 @@ from tiny import bpe_tokenizer, memorize, tag_token_tokenizer, tiny_model
 from transformers import TrainingArguments
 from trl import ModelConfig
 
-from eval.pairs import PairsArguments, pairs_for
+from eval.pairs import PairsArguments
 from eval.pairs import main as make_pairs
 from finetune.collator import PastaCollator
 from finetune.prefopt import PairCollator, PrefOptArguments, run_rounds, sequence_logps, train_pairs
 from interpreter import Engine, Script, encode, turn_end_id
+from pipeline.preference import pairs_for
 
 FAST = '<promise topic="a" tokens="4"/><async> one</async><promise topic="b" tokens="4"/><async> two</async><sync/>'
 SLOW = " one two"
@@ -152,7 +153,7 @@ def test_two_rounds_two_lambdas(tmp_path):
     tok = tag_token_tokenizer()
     run = make_run(tmp_path, memorize(tiny_model("llama", len(tok)), tok, Q, FAST, steps=40), tok)
     args = PrefOptArguments(run_dir=str(run), rounds=2, lambdas=[1.0, math.inf], samples=3, num_prompts=2,
-                            max_new_tokens=48, judge_args=["--proxy_reference", str(run / "models" / "pasta-sft")])
+                            max_new_tokens=48, proxy_reference=str(run / "models" / "pasta-sft"))
     training = TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=1, per_device_train_batch_size=2,
                                  report_to="none", save_strategy="no", use_cpu=True)
     run_rounds(args, training, ModelConfig())

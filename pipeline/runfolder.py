@@ -1,23 +1,25 @@
-"""The run folder as data_gen writes it: one run at a time (`hold`), and write errors that name their file
-(`writing`). The architecture puts run-folder locks in a package below the stages; until that exists, the
-helper lives here."""
+"""The run folder every stage writes into: one run of a stage at a time (`hold`), write errors that name their
+file (`writing`), and file names made from model names and paths (`slug`)."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-
-class RunFolderBusy(RuntimeError):
-    """Another data_gen run holds this run folder; the message names the folder and the holder."""
+from .errors import PipelineError
 
 
-class WriteError(RuntimeError):
+class RunFolderBusy(PipelineError):
+    """Another run of the stage holds this run folder; the message names the folder and the holder."""
+
+
+class WriteError(PipelineError):
     """An output could not be written (a full disk, no permission); the message names the file."""
 
 
@@ -29,16 +31,21 @@ def writing(path: str | os.PathLike):
     except OSError as err:
         where = err.filename or path
         code = errno.errorcode.get(err.errno, type(err).__name__)
-        raise WriteError(f"data_gen: cannot write {where}: {err.strerror or err} [{code}]; what was already written "
+        raise WriteError(f"cannot write {where}: {err.strerror or err} [{code}]; what was already written "
                          "is kept: fix that and run the same command again") from None
 
 
-def lock_path(run_dir: Path, name: str = "data_gen") -> Path:
+def slug(name: str) -> str:
+    """`name` (a model id, a path) as one file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def lock_path(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / f".{name}.lock"
 
 
 @contextmanager
-def hold(run_dir: str | os.PathLike, name: str = "data_gen"):
+def hold(run_dir: str | os.PathLike, name: str):
     """Holds the run folder's lock `name` for the block, or raises RunFolderBusy at once if another process
     holds it. The lock file records the holder (pid, host, start time) and is removed on release."""
     run_dir = Path(run_dir)
@@ -46,7 +53,7 @@ def hold(run_dir: str | os.PathLike, name: str = "data_gen"):
     path = lock_path(run_dir, name)
     with writing(path):
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = _lock(path, run_dir)
+        fd = _lock(path, run_dir, name)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
@@ -66,7 +73,7 @@ def hold(run_dir: str | os.PathLike, name: str = "data_gen"):
                 os.rmdir(run_dir)  # a run that failed before writing anything leaves no empty folder behind
 
 
-def _lock(path: Path, run_dir: Path) -> int:
+def _lock(path: Path, run_dir: Path, name: str) -> int:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -74,7 +81,7 @@ def _lock(path: Path, run_dir: Path) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "it has not written its pid yet"
             os.close(fd)
-            raise RunFolderBusy(f"data_gen: run folder {run_dir} is in use by another data_gen run ({holder}); "
+            raise RunFolderBusy(f"run folder {run_dir} is in use by another {name} run ({holder}); "
                                 f"wait for it to end, or use another --run_dir") from None
         except BaseException:
             os.close(fd)

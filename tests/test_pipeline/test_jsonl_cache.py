@@ -1,6 +1,6 @@
 """The append-only cache survives a kill at any byte."""
 
-from data_gen.cache import JsonlCache, key_of
+from pipeline.jsonl import JsonlCache, key_of
 
 
 def test_entries_come_back_after_reopening_and_a_key_is_written_once(tmp_path):

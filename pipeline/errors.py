@@ -1,0 +1,66 @@
+"""One way to fail: an error a user can hit is one line naming the command, and exit status 2.
+
+Every stage's entry point runs through `cli`: it parses the flags over the YAML recipe (TRL's
+`TrlParser`), runs the stage, and turns the typed errors below (and ValueError, OSError) into that
+line. A killed run (Ctrl-C) says that running the same command again goes on from the caches.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+
+class PipelineError(Exception):
+    """An error a user can cause (a bad input, a busy run folder, a full disk); its message is the one line."""
+
+
+def one_line(err: BaseException | str) -> str:
+    """The message of `err` on one line, naming the file of an OSError."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return " ".join(str(err).split())  # a YAML error spans lines
+
+
+def fail(prog: str, err: BaseException | str) -> NoReturn:
+    """Prints the one line and exits with status 2."""
+    raise SystemExit(_report(prog, err))
+
+
+def _report(prog: str, err: BaseException | str) -> int:
+    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+    return 2
+
+
+def parse(parser, argv: Sequence[str] | None = None):
+    """TrlParser.parse_args_and_config, with a missing or broken recipe as one line (not a usage screen)."""
+    import yaml
+
+    try:
+        return parser.parse_args_and_config(argv)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        named = "--config" in argv[:-1] and not isinstance(err, OSError)  # an OSError names its file itself
+        fail(parser.prog, (f"{argv[argv.index('--config') + 1]}: " if named else "") + one_line(err))
+
+
+def cli(parser, main: Callable, argv: Sequence[str] | None = None, errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Parses `argv` with `parser` (a TrlParser) and calls `main(*parsed)`; returns the exit status: 2 after one line
+    for an error a user can cause (PipelineError, ValueError, OSError and `errors`), 130 for an interrupt."""
+    try:
+        parsed = parse(parser, argv)
+    except SystemExit as err:
+        return err.code
+    try:
+        main(*parsed)
+    except (PipelineError, ValueError, OSError, *errors) as err:
+        return _report(parser.prog, err)
+    except SystemExit as err:  # a check deep in a stage that stops with its message
+        if isinstance(err.code, str):
+            return _report(parser.prog, err.code)
+        raise
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; run the same command again to go on from the caches", file=sys.stderr)
+        return 130
+    return 0
