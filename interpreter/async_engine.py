@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from .engine import Engine
 from .options import Options
@@ -21,9 +22,42 @@ class Overloaded(RuntimeError):
     """The queue of waiting requests is full."""
 
 
+class Handle(Protocol):
+    """A submitted request: `done` once its subscriber heard the end; `cancel()` stops it."""
+
+    done: bool
+
+    def cancel(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What the server decodes with. `AsyncEngine` (the local Engine, stepped by a thread of its own) is one;
+    `interpreter.remote.RemoteBackend` (Pasta-Lang over an OpenAI-compatible serving engine) another.
+    `prompt_ids` tokenizes a prompt, messages through the chat template; `context_length` (None: unknown)
+    bounds prompt + max_tokens; `submit` raises Overloaded when too many wait."""
+
+    tokenizer: Any
+    context_length: int | None
+    running: int
+    waiting: int
+
+    def prompt_ids(self, prompt: str | list[dict] | list[int]) -> list[int]: ...
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def submit(self, prompt_ids: list[int], mode: str, options: Options, subscriber: Callable[[dict], None],
+               deadline: float | None = None, stream: bool = True) -> Handle: ...
+
+
 class AsyncEngine:
+    """The server's `Backend` over the local Engine."""
+
     def __init__(self, engine: Engine, max_queue: int = 64):
         self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.context_length = engine.context_length
         self.max_queue = max_queue
         self._inbox: list[Request] = []
         self._subscribers: dict[Request, tuple[Callable[[dict], None], bool]] = {}
@@ -32,6 +66,9 @@ class AsyncEngine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0
+
+    def prompt_ids(self, prompt: str | list[dict] | list[int]) -> list[int]:
+        return self.engine.prompt_ids(prompt)
 
     @property
     def waiting(self) -> int:

@@ -9,6 +9,7 @@ import sys
 
 from .models import EMBEDDED_MODEL, ModelNotFound
 from .parser import PastaSyntaxError, parse
+from .remote import RemoteError
 
 
 def _read(path: str) -> str:
@@ -54,7 +55,54 @@ def _options(args):
                    seed=args.seed, stop=tuple(args.stop or ()), stop_loops=args.stop_loops)
 
 
+def _remote(args, tokenizer: bool, timeout: float = 120.0):
+    """--backend openai: (RemoteInterpreter, the tokenizer or None, the engine's context or None). Asks the engine
+    which models it serves first, so that a wrong URL, key or model is one clear line before anything loads."""
+    from .models import load_tokenizer
+    from .remote import RemoteInterpreter, served_models
+
+    api_key = "none"  # local engines (vLLM, SGLang) need none; nobody's key is sent unless asked
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env, "")
+        if not api_key:
+            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    served = served_models(args.base_url, api_key)
+    ids = [m.get("id") for m in served]
+    model = args.model or (ids[0] if ids else None)
+    if model not in ids:
+        raise RemoteError(f"the serving engine at {args.base_url} does not serve {model!r} "
+                          f"(it serves: {', '.join(map(str, ids)) or 'nothing'})")
+    tok = None
+    if tokenizer:
+        try:
+            tok = load_tokenizer(args.tokenizer or model)
+        except ModelNotFound as err:
+            raw = ", or --raw-prompt sends the prompt as it is" if hasattr(args, "raw_prompt") else ""
+            raise ModelNotFound(f"{err}; --tokenizer names the served model's tokenizer (its chat template builds "
+                                f"the prompt){raw}") from None
+    context = next(m for m in served if m.get("id") == model).get("max_model_len")  # vLLM says it
+    return RemoteInterpreter(args.base_url, model, api_key, timeout=timeout), tok, context
+
+
+def _generate_remote(args) -> int:
+    from .remote import prompt_text
+
+    remote, tok, _ = _remote(args, tokenizer=not args.raw_prompt)
+    prompt = args.prompt if args.raw_prompt else prompt_text(tok, args.prompt)
+    result = remote.generate(prompt, _options(args), args.mode)
+    if args.json:
+        print(json.dumps(result.summary(), ensure_ascii=False))
+    else:
+        sys.stdout.write(result.text + "\n")
+        print(f"[{result.mode} over {args.base_url}: {result.threads} threads, {result.requests} requests, "
+              f"{result.wall_time:.2f} s{'; repaired: ' + '; '.join(result.repairs) if result.repairs else ''}]",
+              file=sys.stderr)
+    return 0
+
+
 def _generate(args) -> int:
+    if args.backend == "openai":
+        return _generate_remote(args)
     engine = _engine(args)
     stream = engine.stream(args.prompt, args.mode, _options(args), watch=args.show_threads)
     if args.show_threads and sys.stdout.isatty():
@@ -84,10 +132,18 @@ def _serve(args) -> int:
     api_key = args.api_key or os.environ.get("PASTA_API_KEY") or None
     if args.host not in LOOPBACK and not api_key:  # say so before loading anything
         raise SystemExit(f"refusing to serve on {args.host} without --api-key: anyone who can reach it could use it")
+    if args.backend == "openai":
+        from .remote import RemoteBackend
+
+        remote, tok, context = _remote(args, tokenizer=True, timeout=args.timeout)
+        engine = RemoteBackend(remote, tok, context, max_batch=args.max_batch, max_queue=args.max_queue)
+        model = remote.model
+    else:
+        engine, model = _engine(args), args.model
     # a local folder is served under its name: its path would tell clients about this machine
-    name = args.served_name or (os.path.basename(os.path.normpath(args.model)) if os.path.exists(args.model)
-                                else args.model)
-    serve(_engine(args), name, args.host, args.port, args.mode, api_key, _options(args),
+    name = args.served_name or (os.path.basename(os.path.normpath(model))
+                                if os.path.exists(model) or os.path.isabs(model) else model)
+    serve(engine, name, args.host, args.port, args.mode, api_key, _options(args),
           max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
           timeout=args.timeout)
     return 0
@@ -110,11 +166,46 @@ def _bench(args) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=EMBEDDED_MODEL, help="embedded alias, local folder or HF id "
-                   f"(default {EMBEDDED_MODEL})")
+    p.add_argument("--model", help=f"embedded alias, local folder or HF id (default {EMBEDDED_MODEL}); with "
+                   "--backend openai the served model's id (default: the first the engine lists)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["local", "openai"], default="local", help="local: decode in this process "
+                   "(default); openai: PASTA over an OpenAI-compatible serving engine with prefix caching (vLLM, "
+                   "SGLang) at --base-url, through interpreter.remote")
+    p.add_argument("--base-url", help="--backend openai: the engine's API root, e.g. http://127.0.0.1:8001/v1")
+    p.add_argument("--api-key-env", help="--backend openai: the environment variable holding the engine's key "
+                   "(default: no key is sent)")
+    p.add_argument("--tokenizer", help="--backend openai: the tokenizer whose chat template builds the prompt "
+                   "(default: --model; a local folder, HF id or embedded alias)")
+
+
+LOCAL_ONLY = ("dtype", "device", "stop_loops", "show_threads")  # what only the in-process engine does
+REMOTE_ONLY = ("base_url", "api_key_env", "tokenizer", "raw_prompt")
+
+
+def _check_backend(args) -> str | None:
+    """What is wrong with the backend flags (one line), or None; fills in the local default model."""
+    backend = getattr(args, "backend", None)
+    flag = lambda name: "--" + name.replace("_", "-")
+    if backend == "openai":
+        if not args.base_url:
+            return "--backend openai needs --base-url (e.g. http://127.0.0.1:8001/v1)"
+        given = [flag(n) for n in LOCAL_ONLY if getattr(args, n, None)]
+        if given:
+            return f"{', '.join(given)}: for the local engine only, not with --backend openai"
+        return None
+    if backend == "local":
+        given = [flag(n) for n in REMOTE_ONLY if getattr(args, n, None)]
+        if given:
+            return f"{', '.join(given)}: only with --backend openai"
+    if hasattr(args, "model") and args.model is None:
+        args.model = EMBEDDED_MODEL
+    return None
 
 
 def _decoding_args(p: argparse.ArgumentParser) -> None:
@@ -153,14 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="answer one prompt (chat template applied)")
     _model_args(p)
+    _backend_args(p)
     _decoding_args(p)
     p.add_argument("--prompt", required=True)
+    p.add_argument("--raw-prompt", action="store_true", help="--backend openai: send --prompt as it is, without "
+                   "the chat template (a base model, or a prompt already templated); no tokenizer is loaded")
     p.add_argument("--json", action="store_true", help="print one JSON object: text, stored form, tokens, steps ...")
     p.add_argument("--show-threads", action="store_true", help="in a terminal, show the threads growing live")
     p.set_defaults(run=_generate)
 
     p = sub.add_parser("serve", help="OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models)")
     _model_args(p)
+    _backend_args(p)
     _decoding_args(p)
     p.add_argument("--host", default="127.0.0.1", help="anything but loopback needs --api-key")
     p.add_argument("--port", type=int, default=8000)
@@ -169,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-name", help="the model id clients use (default: --model; a local folder's name)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get a 413 "
                    "(default 1 MiB)")
-    p.add_argument("--max-batch", type=int, default=16, help="requests decoding together (default 16)")
+    p.add_argument("--max-batch", type=int, default=16, help="requests decoding together (default 16; --backend "
+                   "openai: answers in flight at the engine)")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a place; more get a 503 "
                    "(default 64)")
     p.add_argument("--max-tokens-limit", type=int, help="the largest max_tokens a request may ask for "
@@ -191,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    wrong = _check_backend(args)
+    if wrong:
+        print(f"error: {wrong}", file=sys.stderr)
+        return 2
     if getattr(args, "max_threads", 1) < 1:  # 0 would cut every answer at its first promise, silently
         print("error: --max-threads must be at least 1 (use --mode sequential for no threads)", file=sys.stderr)
         return 2
@@ -199,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     except PastaSyntaxError as err:
         print(f"{getattr(args, 'file', getattr(args, 'data', ''))}:{err}", file=sys.stderr)
         return 1
-    except ModelNotFound as err:
+    except (ModelNotFound, RemoteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (OSError, UnicodeDecodeError, ValueError) as err:

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from .async_engine import AsyncEngine, Overloaded
+from .async_engine import AsyncEngine, Backend, Overloaded
 from .engine import Engine
 from .layout import encode
 from .openai_api import (
@@ -38,14 +38,16 @@ from .options import MAX_SEED, Options
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def create_app(engine: Engine, model_name: str, mode: str = "pasta", api_key: str | None = None,
+def create_app(engine: Engine | Backend, model_name: str, mode: str = "pasta", api_key: str | None = None,
                defaults: Options | None = None, max_body_bytes: int = MAX_BODY_BYTES, max_queue: int = 64,
                max_tokens_limit: int | None = None, timeout: float = 600.0) -> FastAPI:
     """The server's ASGI app. `api_key` guards /v1/ (not /health); bodies over `max_body_bytes` get a 413;
     beyond `max_queue` waiting requests a 503; `max_tokens` above `max_tokens_limit` (default: the model's
     context) or prompt + max_tokens above the context a 400; a request still decoding after `timeout`
-    seconds ends with what it has (finish_reason "length")."""
-    core = AsyncEngine(engine, max_queue)
+    seconds ends with what it has (finish_reason "length"). `engine`: the local Engine (stepped by an
+    AsyncEngine holding up to `max_queue` waiting requests), or any other Backend, which brings its own limits
+    (`interpreter.remote.RemoteBackend`: `serve --backend openai`)."""
+    core = AsyncEngine(engine, max_queue) if isinstance(engine, Engine) else engine
 
     @asynccontextmanager
     async def lifespan(app):
@@ -57,7 +59,7 @@ def create_app(engine: Engine, model_name: str, mode: str = "pasta", api_key: st
     app.state.stats = {"requests": 0, "cancelled": 0, "rejected": 0, "timeouts": 0}
     app.state.core = core
     defaults = defaults or Options()
-    context = engine.context_length
+    context = core.context_length
     limit = max_tokens_limit or context
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
@@ -90,7 +92,7 @@ def create_app(engine: Engine, model_name: str, mode: str = "pasta", api_key: st
         if limit and wanted > limit:
             return error_response(400, f"max_tokens {wanted} is above this server's limit {limit}",
                                   param="max_tokens")
-        ids = await asyncio.to_thread(engine.prompt_ids, prompt)
+        ids = await asyncio.to_thread(core.prompt_ids, prompt)
         if context and len(ids) + wanted > context:
             return error_response(400, f"this model's context is {context} tokens; the {where} takes {len(ids)} "
                                   f"and max_tokens {wanted}: {len(ids) + wanted} in all", param=where,
@@ -193,7 +195,7 @@ def create_app(engine: Engine, model_name: str, mode: str = "pasta", api_key: st
 
     @app.post("/v1/completions")
     async def completions(request: Request, req: CompletionRequest):
-        return await run(request, req, encode(engine.tokenizer, req.prompt), False, req.max_tokens)
+        return await run(request, req, encode(core.tokenizer, req.prompt), False, req.max_tokens)
 
     return app
 
@@ -218,7 +220,7 @@ def _pasta(result) -> dict:
             "wall_time": round(result.wall_time, 4), "repairs": result.repairs}
 
 
-def serve(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 8000, mode: str = "pasta",
+def serve(engine: Engine | Backend, model_name: str, host: str = "127.0.0.1", port: int = 8000, mode: str = "pasta",
           api_key: str | None = None, defaults: Options | None = None, **limits) -> None:
     """Runs the server (uvicorn); `limits`: create_app's max_body_bytes, max_queue, max_tokens_limit, timeout."""
     import uvicorn

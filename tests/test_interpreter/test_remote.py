@@ -1,6 +1,11 @@
 """The serving-engine backend: Pasta-Lang over /v1/completions, against the project's own server."""
 
+import json
+import socket
+import subprocess
+import sys
 
+import httpx
 import pytest
 from serving import serving
 from tiny import bpe_tokenizer, memorize, tag_token_tokenizer, tiny_model
@@ -42,3 +47,101 @@ def test_remote_backend_decodes_the_same_structure_as_the_engine(served):
         assert [b.promise.topic for b in theirs.blocks] == [b.promise.topic for b in ours.blocks]
         assert len(theirs.syncs) == len(ours.syncs) and remote.threads == 2
         assert remote.requests == app.state.stats["requests"] - before == 4  # main, 2 blocks, main after the sync
+
+
+# -- from the command line: `generate|serve --backend openai`, the project's server standing in for vLLM ------
+
+def free_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port  # nothing listens there now
+
+
+@pytest.fixture
+def tokenizer_dir(served, tmp_path):
+    engine, _, _ = served
+    engine.tokenizer.save_pretrained(tmp_path / "tok")
+    return str(tmp_path / "tok")
+
+
+@pytest.mark.parametrize("served", ["plain"], indirect=True)
+def test_generate_command_runs_pasta_over_a_serving_engine(served, tokenizer_dir):
+    engine, url, _ = served
+    out = subprocess.run([sys.executable, "-m", "interpreter", "generate", "--backend", "openai", "--base_url", url,
+                          "--tokenizer", tokenizer_dir, "--prompt", "List", "--max-new-tokens", "64",
+                          "--max_thread_tokens", "32", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    doc = parse(result["stored"])  # a valid stored form
+    assert result["text"] == doc.stripped and result["mode"] == "pasta"
+    assert [b.promise.topic for b in doc.blocks] == [b.promise.topic for b in parse(STORED).blocks]
+    assert result["threads"] == 2 and result["requests"] == 4  # --model left out: the engine's only model
+
+
+def test_generate_command_says_in_one_line_when_the_engine_is_unreachable():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    out = subprocess.run([sys.executable, "-m", "interpreter", "generate", "--backend", "openai", "--base-url", url,
+                          "--prompt", "Hi"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(f"error: cannot reach the serving engine at {url}: ")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "openai"], "--backend openai needs --base-url"),
+    (["--base_url", "http://x/v1"], "--base-url: only with --backend openai"),
+    (["--backend", "openai", "--base_url", "http://x/v1", "--dtype", "float16", "--stop-loops"],
+     "--dtype, --stop-loops: for the local engine only"),
+])
+def test_backend_flags_are_checked_before_anything_loads(capsys, argv, message):
+    from interpreter.cli import main
+
+    assert main(["generate", "--prompt", "x", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message) and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("served", ["plain"], indirect=True)
+def test_wrong_model_or_key_variable_is_one_line(served, capsys, monkeypatch):
+    from interpreter.cli import main
+
+    _, url, _ = served
+    assert main(["generate", "--backend", "openai", "--base_url", url, "--model", "nope", "--prompt", "x"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: the serving engine at {url} does not serve 'nope' "
+                                               "(it serves: tiny)")
+    monkeypatch.delenv("PASTA_TEST_NO_KEY", raising=False)
+    assert main(["serve", "--backend", "openai", "--base_url", url, "--api_key_env", "PASTA_TEST_NO_KEY"]) == 2
+    assert "PASTA_TEST_NO_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("served", ["plain"], indirect=True)
+def test_serve_command_answers_through_a_serving_engine(served, tokenizer_dir, monkeypatch):
+    """`serve --backend openai`: the server decodes through RemoteBackend; one chat request goes through it."""
+    import interpreter.server
+    from interpreter.cli import main
+
+    _, url, engine_app = served
+    replies = []
+
+    def serve(backend, name, host, port, mode, api_key, defaults, **limits):  # in place of uvicorn.run
+        app = interpreter.server.create_app(backend, name, mode, api_key, defaults, **limits)
+        with serving(app) as (front, _):
+            replies.append(httpx.post(front + "/v1/chat/completions", timeout=60, json={
+                "model": name, "messages": [{"role": "user", "content": "List"}], "max_tokens": 64}))
+            replies.append(httpx.get(front + "/health").json())
+
+    monkeypatch.setattr(interpreter.server, "serve", serve)
+    before = engine_app.state.stats["requests"]
+    assert main(["serve", "--backend", "openai", "--base_url", url, "--tokenizer", tokenizer_dir,
+                 "--max_thread_tokens", "32"]) == 0
+    reply, health = replies
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    doc = parse(body["pasta"]["stored"])
+    assert body["model"] == "tiny" and body["choices"][0]["message"]["content"] == doc.stripped
+    assert [b.promise.topic for b in doc.blocks] == [b.promise.topic for b in parse(STORED).blocks]
+    assert body["usage"]["threads"] == 2 and body["usage"]["completion_tokens"] > 0
+    assert engine_app.state.stats["requests"] - before == 4  # main, 2 blocks, main after the sync
+    assert health["running"] == 0 and health["waiting"] == 0 and health["requests"] == 1
