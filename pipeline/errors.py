@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import NoReturn
 
 
@@ -45,13 +46,27 @@ def parse(parser, argv: Sequence[str] | None = None):
         fail(parser.prog, (f"{argv[argv.index('--config') + 1]}: " if named else "") + one_line(err))
 
 
+DRY_RUN = ("--dry_run", "--dry-run")
+
+
 def cli(parser, main: Callable, argv: Sequence[str] | None = None, errors: tuple[type[BaseException], ...] = ()) -> int:
     """Parses `argv` with `parser` (a TrlParser) and calls `main(*parsed)`; returns the exit status: 2 after one line
-    for an error a user can cause (PipelineError, ValueError, OSError and `errors`), 130 for an interrupt."""
+    for an error a user can cause (PipelineError, ValueError, OSError and `errors`), 130 for an interrupt.
+    With --dry_run, parses the recipe and flags, prints the settings that differ from the defaults, and stops."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    dry = any(a in DRY_RUN for a in argv)
+    parser.epilog = "--dry_run: parse the recipe and flags, print the settings, run nothing."
     try:
-        parsed = parse(parser, argv)
+        with _as_on_a_gpu() if dry else nullcontext():
+            parsed = parse(parser, [a for a in argv if a not in DRY_RUN])
     except SystemExit as err:
         return err.code
+    if dry:
+        print(f"{parser.prog}: dry run; it would run with:")
+        for args in parsed:
+            for name, value in _changed(args).items():
+                print(f"  {name}: {value!r}")
+        return 0
     try:
         main(*parsed)
     except (PipelineError, ValueError, OSError, *errors) as err:
@@ -64,3 +79,26 @@ def cli(parser, main: Callable, argv: Sequence[str] | None = None, errors: tuple
         print(f"{parser.prog}: interrupted; run the same command again to go on from the caches", file=sys.stderr)
         return 130
     return 0
+
+
+def _changed(args) -> dict:
+    """The fields of a parsed dataclass that differ from their declared defaults (enums as their values)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(args):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = getattr(args, f.name)
+        value = getattr(value, "value", value)
+        if f.repr and value != getattr(default, "value", default):
+            out[f.name] = value
+    return out
+
+
+@contextmanager
+def _as_on_a_gpu():
+    """A dry run checks a GPU recipe on any machine: TrainingArguments refuses bf16 where no GPU supports it."""
+    from unittest import mock
+
+    with mock.patch("transformers.training_args.is_torch_bf16_gpu_available", return_value=True):
+        yield

@@ -25,3 +25,31 @@ def test_a_missing_recipe_is_one_line(module, tmp_path):
                          text=True, cwd=ROOT)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         f"python -m {module}: error: {tmp_path / 'nope.yaml'}: No such file or directory"]
+
+
+def _entry(module: str):
+    """The entry point of `python -m module`, called in this process."""
+    import importlib
+
+    return {"data_gen": lambda: importlib.import_module("data_gen.cli").main,
+            "finetune": lambda: importlib.import_module("finetune.__main__").main,
+            "finetune.prefopt": lambda: importlib.import_module("finetune.prefopt").main,
+            "eval": lambda: importlib.import_module("eval.run").cli}[module]()
+
+
+RECIPES = [("data_gen", "configs/demo/dataset.yaml"), ("data_gen", "configs/paper/dataset-slimorca.yaml"),
+           ("finetune", "configs/demo/smollm2-sft.yaml"), ("finetune", "configs/paper/gemma-7b-sft.yaml"),
+           ("finetune", "configs/paper/gemma-7b-sft-baseline.yaml"),
+           ("finetune.prefopt", "configs/demo/smollm2-prefopt.yaml"),
+           ("finetune.prefopt", "configs/paper/gemma-7b-prefopt.yaml"),
+           ("eval", "configs/demo/eval.yaml"), ("eval", "configs/paper/eval-alpaca.yaml")]
+
+
+@pytest.mark.parametrize("module, recipe", RECIPES)
+def test_a_dry_run_parses_the_recipe_and_runs_nothing(module, recipe, capsys, monkeypatch, tmp_path):
+    """Every recipe parses (a GPU recipe too, on this CPU) and --dry_run prints its settings without running."""
+    monkeypatch.chdir(ROOT)
+    assert _entry(module)(["--config", recipe, "--dry_run", "--run_dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"python -m {module}: dry run") and f"run_dir: '{tmp_path / 'run'}'" in out
+    assert not (tmp_path / "run").exists()  # nothing ran: no run folder
