@@ -8,6 +8,7 @@ from pathlib import Path
 from interpreter import EMBEDDED_MODEL, LOOPING
 
 TEACHERS = ("structural", "openai")
+SEED_LICENSE = "apache-2.0"  # the seed instructions are this project's, answered by the embedded SmolLM2 (apache-2.0)
 
 
 def _help(text: str, default=None, **kw):
@@ -72,6 +73,8 @@ class DataGenConfig:
     push_to_hub: bool = _help("also push the dataset and its card to the hub", False)
     hub_repo_id: str | None = _help("hub dataset repo for --push_to_hub, e.g. you/pasta-slimorca")
     hub_private: bool = _help("create the hub repo private", True)
+    hub_license: str | None = _help("license on the dataset card, e.g. mit for Open-Orca/SlimOrca: the source's terms "
+                                    f"carry over (default: {SEED_LICENSE} for the seed set; required to push another)")
 
     # Many workers: each annotates its share into <run_dir>/dataset-shards, then one merge writes the dataset
     shard: str | None = _help("i/n: annotate only every n-th record from the i-th on, with this worker's own caches, "
@@ -95,6 +98,9 @@ class DataGenConfig:
             raise ValueError("--teacher openai needs --openai_model (the model name the endpoint serves)")
         if self.push_to_hub and not self.hub_repo_id:
             raise ValueError("--push_to_hub needs --hub_repo_id (e.g. you/pasta-dataset)")
+        if self.push_to_hub and not self.hub_license and self.source != "seed":
+            raise ValueError(f"--push_to_hub of a dataset built from {self.source} needs --hub_license (the source's "
+                             "license, e.g. mit for Open-Orca/SlimOrca)")
         if self.answer_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--answer_dtype must be float32, bfloat16 or float16, not {self.answer_dtype!r}")
         for name in ("tokens_granularity", "max_blocks", "answer_batch_size", "openai_concurrency",

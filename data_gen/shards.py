@@ -18,7 +18,7 @@ from pipeline.shards import ShardError, shard_path
 LOCAL = {"run_dir", "cache_dir", "shard", "merge_shards", "answer_batch_size", "answer_dtype", "openai_base_url",
          "openai_api_key_env", "openai_concurrency", "openai_timeout", "openai_max_retries", "openai_backoff",
          "openai_max_backoff", "openai_reply_tries", "no_parallel_share", "test_size", "push_to_hub", "hub_repo_id",
-         "hub_private"}
+         "hub_license", "hub_private"}
 
 
 def records_path(cfg, index: int, count: int) -> Path:

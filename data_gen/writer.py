@@ -11,8 +11,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from pipeline.dataset import HUB_ID
 from pipeline.runfolder import writing
 
+from .config import SEED_LICENSE
 from .filters import FIXES, RULES
 
 COLUMNS = {
@@ -92,7 +94,29 @@ def histogram(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def card(stats: dict, command: str) -> str:
+SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+
+
+def card_data(stats: dict):
+    """The dataset card's metadata: license (`--hub_license`, or the seed set's apache-2.0), the source dataset when
+    it is a hub id, the task, the language and the size."""
+    from huggingface_hub import DatasetCardData
+
+    source, cfg = stats["source"], stats.get("config", {})
+    hub_source = HUB_ID.fullmatch(source) and not Path(source).exists()
+    return DatasetCardData(
+        pretty_name=f"PASTA annotated answers ({stats['run']})", language=["en"],
+        license=cfg.get("hub_license") or (SEED_LICENSE if source == "seed" else None),
+        source_datasets=[source] if hub_source else ["original"] if source == "seed" else None,
+        task_categories=["text-generation"], annotations_creators=["machine-generated"],
+        size_categories=[next((name for top, name in SIZES if stats["kept"] < top), "1M<n<10M")],
+        tags=["pasta", "pasta-lang", "parallel-decoding", "synthetic"])
+
+
+def card(stats: dict, command: str):
+    """The dataset card (a huggingface_hub DatasetCard): `card_data` above the stats tables."""
+    from huggingface_hub import DatasetCard
+
     s = stats["theoretical_speedup"]
     rules = "\n".join(f"| `{k}` | {v} | {RULES[k]} |" for k, v in stats["rejected"].items())
     fixes = "\n".join(f"| `{k}` | {v} | {FIXES[k]} |" for k, v in stats["fixed"].items())
@@ -102,17 +126,8 @@ def card(stats: dict, command: str) -> str:
                     if stats["teacher"].startswith("structural") else
                     "The teacher is a language model behind an OpenAI-compatible endpoint, prompted with the "
                     f"Pasta-Lang rules and 7 hand-annotated examples (prompt version {stats.get('prompt_version')}).")
-    return f"""---
-pretty_name: PASTA annotated answers ({stats['run']})
-language:
-- en
-tags:
-- pasta
-- pasta-lang
-- parallel-decoding
-- synthetic
-task_categories:
-- text-generation
+    return DatasetCard(f"""---
+{card_data(stats).to_yaml()}
 ---
 
 # PASTA annotated answers: `{stats['run']}`
@@ -157,7 +172,7 @@ Each rejected example is counted under the first rule it breaks.
 from pipeline.dataset import load_splits
 ds = load_splits("runs/{stats['run']}")  # a DatasetDict with train and test
 ```
-"""
+""")
 
 
 def _jsonl(rows: list[dict], path: Path) -> None:
@@ -217,7 +232,7 @@ def write(out: Path, train: list[dict], test: list[dict], stats: dict, command: 
         with writing(tmp / "speedup_hist.png"):
             histogram(train + test, tmp / "speedup_hist.png", f"{stats['run']}: {stats['teacher']}")
         with writing(tmp / "README.md"):
-            (tmp / "README.md").write_text(card(stats, command), encoding="utf-8")
+            (tmp / "README.md").write_text(str(card(stats, command)), encoding="utf-8")
         old = backup_path(out)
         with writing(out):
             if out.exists():
@@ -234,11 +249,32 @@ def write(out: Path, train: list[dict], test: list[dict], stats: dict, command: 
     shutil.rmtree(old, ignore_errors=True)
 
 
+# what datasets' push_to_hub writes into the README's YAML header: how the hub finds and describes the parquet files
+HUB_KEYS = ("configs", "dataset_info")
+
+
+def merged_card(local, hub):
+    """`local` (our DatasetCard) with the `configs` and `dataset_info` of `hub` (the card push_to_hub left)."""
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard(str(local))
+    for key in HUB_KEYS:
+        if key in hub.data:
+            card.data[key] = hub.data[key]
+    return card
+
+
 def push(out: Path, repo_id: str, private: bool) -> None:
+    """Pushes the dataset (parquet, through datasets' push_to_hub), then in one commit its card, stats.json (which
+    finetune reads from a hub dataset) and the histogram. The card keeps the `configs` and `dataset_info` that
+    push_to_hub wrote into the README's metadata (where the splits' files are and what they hold)."""
     from datasets import load_from_disk
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, hf_hub_download
 
     load_from_disk(str(out)).push_to_hub(repo_id, private=private)
-    api = HfApi()
-    for name in ("README.md", "stats.json", "speedup_hist.png"):
-        api.upload_file(path_or_fileobj=str(out / name), path_in_repo=name, repo_id=repo_id, repo_type="dataset")
+    hub = DatasetCard.load(hf_hub_download(repo_id, "README.md", repo_type="dataset"))
+    card = merged_card(DatasetCard.load(out / "README.md"), hub)
+    files = [CommitOperationAdd("README.md", str(card).encode())]
+    files += [CommitOperationAdd(name, str(out / name)) for name in ("stats.json", "speedup_hist.png")]
+    HfApi().create_commit(repo_id, files, commit_message="PASTA dataset card, stats.json and histogram",
+                          repo_type="dataset")

@@ -2,22 +2,27 @@
 
   python -m finetune --config configs/demo/smollm2-sft.yaml --variant both
   accelerate launch --config_file configs/accelerate/zero2.yaml -m finetune --config configs/paper/gemma-7b-sft.yaml
+  python -m finetune --config configs/demo/smollm2-sft.yaml --push_to_hub --hub_model_id you/smollm2-pasta
 
-Every recipe key is also a flag, and flags override the recipe (TRL's TrlParser).
+Every recipe key is also a flag, and flags override the recipe (TRL's TrlParser). --push_to_hub uploads each final
+model folder (<run_dir>/models/<variant>-sft, trained or already there) with a model card: --variant both pushes the
+PASTA model to --hub_model_id and its control to <hub_model_id>-baseline.
 """
 
-import os
 import sys
 
 
 def run(args, sft, model_args) -> None:
-    from .sft import check_args, train
+    from pipeline.tracking import offline_unless_logged_in
+
+    from .sft import check_args, push, train
 
     check_args(args, sft, model_args)
-    if "wandb" in sft.report_to and not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")  # logs locally unless an account is set up
+    offline_unless_logged_in(sft.report_to)
     for variant in ["pasta", "baseline"] if args.variant == "both" else [args.variant]:
-        train(variant, args, sft, model_args)
+        summary = train(variant, args, sft, model_args)
+        if sft.push_to_hub:
+            push(variant, summary, args, sft, model_args)
 
 
 def main(argv=None) -> int:

@@ -6,18 +6,46 @@ import json
 from pathlib import Path
 
 from interpreter import PastaSyntaxError
-from pipeline.dataset import DatasetError
+from pipeline.dataset import HUB_ID, DatasetError
 
 # variant -> (column it trains on, model folder name)
 VARIANTS = {"pasta": ("annotated", "pasta-sft"), "baseline": ("stripped", "baseline-sft")}
 
 
+def stats_file(where: str | Path) -> Path | None:
+    """data_gen's stats.json of the dataset at `where` (a dataset or run folder, or a hub dataset id, whose copy is
+    downloaded), or None when it has none (a JSONL, a hub dataset data_gen did not push)."""
+    path = Path(where)
+    for stats in (path / "stats.json", path / "dataset" / "stats.json"):
+        if stats.is_file():
+            return stats
+    if path.exists() or not HUB_ID.fullmatch(str(where)):
+        return None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(str(where), "stats.json", repo_type="dataset"))
+    except RemoteEntryNotFoundError:  # the repo is there without the file: not built by data_gen
+        return None
+    except Exception as err:  # offline, unknown id, no access: the hub's own message, on one line
+        raise DatasetError(f"{where}: cannot read stats.json from the hub ({type(err).__name__}: {err})") from None
+
+
+def pushed_as(where: str | Path) -> str:
+    """The hub id data_gen pushed the dataset at `where` to (its --hub_repo_id, in its stats.json), else `where`:
+    what a model card names as the dataset."""
+    stats = stats_file(where) if Path(where).exists() else None
+    config = json.loads(stats.read_text(encoding="utf-8")).get("config", {}) if stats else {}
+    return config["hub_repo_id"] if config.get("push_to_hub") and config.get("hub_repo_id") else str(where)
+
+
 def tag_tokens_setting(where: str | Path, asked: bool | None) -> bool:
     """Whether the student trains with the tag pieces as added tokens: the tokenization the dataset measured its
-    costs and promise lengths with (data_gen's `tag_tokens`, in its stats.json), which `asked` may only confirm.
-    A dataset without stats.json (a JSONL) takes `asked`, plain text if unset."""
-    stats = Path(where) / "stats.json"
-    measured = json.loads(stats.read_text(encoding="utf-8")).get("tag_tokens") if stats.is_file() else None
+    costs and promise lengths with (data_gen's `tag_tokens`, in its stats.json, local or on the hub), which `asked`
+    may only confirm. A dataset without stats.json (a JSONL) takes `asked`, plain text if unset."""
+    stats = stats_file(where)
+    measured = json.loads(stats.read_text(encoding="utf-8")).get("tag_tokens") if stats else None
     if measured is None:
         return bool(asked)
     if asked is not None and asked != measured:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from interpreter import add_tag_tokens, has_tag_tokens, load_model, load_tokeniz
 from pipeline.dataset import load_splits, split
 
 from .collator import PastaCollator
-from .data import VARIANTS, prepare, tag_tokens_setting
+from .data import VARIANTS, prepare, pushed_as, tag_tokens_setting
+from .hub import base_license, push_model
 
 DEFAULT_OUTPUT_DIR = "trainer_output"  # what TrainingArguments makes of an unset output_dir
 
@@ -54,6 +56,9 @@ class FinetuneArguments:
         "help": "retrain a variant whose final model already exists (by default it is kept and skipped)"})
     dataset_train_split: str = field(default="train", metadata={"help": "split to train on"})
     dataset_test_split: str = field(default="test", metadata={"help": "split to evaluate on (with eval_strategy)"})
+    hub_license: str | None = field(default=None, metadata={
+        "help": "with --push_to_hub: the license on the model card, the base model's (default: known for the "
+                "embedded SmolLM2, apache-2.0, or read from a local base model's README.md; e.g. gemma for Gemma)"})
 
 
 class PastaSFTTrainer(SFTTrainer):
@@ -104,6 +109,11 @@ def check_args(args: FinetuneArguments, sft: SFTConfig, model_args: ModelConfig)
         raise ValueError("--variant both resumes each variant from its own folder: use --resume_from_checkpoint true")
     if model_args.load_in_4bit or model_args.load_in_8bit:
         raise ValueError("quantized (QLoRA) training is not supported here; train LoRA on a bf16 model")
+    if sft.push_to_hub and not sft.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. you/smollm2-pasta)")
+    if sft.push_to_hub and not (args.hub_license or base_license(model_args.model_name_or_path)):
+        raise ValueError(f"--push_to_hub: no license known for {model_args.model_name_or_path}; pass --hub_license "
+                         "(the base model's, e.g. apache-2.0 or gemma)")
 
 
 def decoder_layers(model):
@@ -206,7 +216,8 @@ def train(variant: str, args: FinetuneArguments, sft: SFTConfig, model_args: Mod
         print(f"finetune {name}: {out} is already trained (--overwrite retrains it)", file=sys.stderr, flush=True)
         return json.loads((out / "training.json").read_text())
     root = run / "checkpoints" if sft.output_dir == DEFAULT_OUTPUT_DIR else Path(sft.output_dir)
-    sft = dataclasses.replace(sft, output_dir=str(root / name), remove_unused_columns=False,
+    # the Trainer would push the checkpoint folder as it trains; `push` uploads the final (merged) model instead
+    sft = dataclasses.replace(sft, output_dir=str(root / name), remove_unused_columns=False, push_to_hub=False,
                               dataset_kwargs={"skip_prepare_dataset": True})
     started = time.perf_counter()
     resume = resume_point(sft)
@@ -276,3 +287,41 @@ def resume_point(sft: SFTConfig) -> str | None:
         print(f"finetune: no checkpoint-* folder in {sft.output_dir} yet; starting from the beginning",
               file=sys.stderr, flush=True)
     return last
+
+
+CONTROL = ("Baseline-SFT, the control of a PASTA model: the same recipe on the same answers with their Pasta-Lang tags "
+           "stripped (`interpreter.strip`), so it answers sequentially. Compare it with the PASTA model trained "
+           "beside it.")
+
+
+def recipe(summary: dict, args: FinetuneArguments, sft: SFTConfig, model_args: ModelConfig) -> dict:
+    """The training arguments that make the model what it is, for its model card."""
+    lora = {"lora_r": model_args.lora_r, "lora_alpha": model_args.lora_alpha,
+            "lora_target_modules": model_args.lora_target_modules} if model_args.use_peft else {}
+    steps = {"max_steps": sft.max_steps} if sft.max_steps > 0 else {"num_train_epochs": sft.num_train_epochs}
+    picked = {"method": "LoRA, merged" if model_args.use_peft else "full finetuning", **lora,
+              "train_layers": args.train_layers, **steps, "learning_rate": sft.learning_rate,
+              "tag_token_learning_rate": args.tag_token_learning_rate, "lr_scheduler_type": sft.lr_scheduler_type,
+              "warmup_steps": sft.warmup_steps, "weight_decay": sft.weight_decay,
+              "per_device_train_batch_size": sft.per_device_train_batch_size,
+              "gradient_accumulation_steps": sft.gradient_accumulation_steps, "max_length": sft.max_length,
+              "bf16": sft.bf16, "seed": sft.seed, "examples": summary.get("examples"),
+              "optimizer steps": summary.get("steps"), "final loss": summary.get("final_loss")}
+    return {k: getattr(v, "value", v) for k, v in picked.items() if v is not None}  # enums as their names
+
+
+def push(variant: str, summary: dict, args: FinetuneArguments, sft: SFTConfig, model_args: ModelConfig) -> None:
+    """Uploads the variant's final model folder (summary["model"]) with its model card, from the main process only:
+    --variant both sends the control to <hub_model_id>-baseline, a single variant to --hub_model_id."""
+    if int(os.environ.get("RANK", "0")) != 0:  # the launcher's rank: a variant trained before has no trainer to ask
+        return
+    repo = sft.hub_model_id + ("-baseline" if args.variant == "both" and variant == "baseline" else "")
+    base = model_args.model_name_or_path
+    card = {"base_model": base, "license": args.hub_license or base_license(base),
+            "datasets": pushed_as(args.dataset or Path(args.run_dir) / "dataset"),
+            "recipe": recipe(summary, args, sft, model_args),
+            "title": f"{'PASTA-SFT' if variant == 'pasta' else 'Baseline-SFT'}: {repo.rsplit('/', 1)[-1]}",
+            **({"summary": CONTROL} if variant == "baseline" else {})}
+    print(f"finetune {variant}: pushing {summary['model']} to the hub as {repo}", file=sys.stderr, flush=True)
+    url = push_model(summary["model"], repo, card, private=sft.hub_private_repo, token=sft.hub_token)
+    print(f"finetune {variant}: pushed, {url}", file=sys.stderr, flush=True)

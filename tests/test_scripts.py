@@ -161,3 +161,58 @@ def test_slurm_script_exits_with_sruns_status(tmp_path, status):
     job, _ = slurm_job(tmp_path, SRUN_SLEEP="0", SRUN_EXIT=str(status))
     job.communicate(timeout=10)
     assert job.returncode == status
+
+
+def smoke_commands(run_dir="runs/smoke"):
+    """The (module, flags) of every command `scripts/smoke_gpu.sh RUN_DIR --dry-run` prints, in order."""
+    out = sh("scripts/smoke_gpu.sh", run_dir, "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = [shlex.split(line.removeprefix("+ ")) for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert all(line[:2] == ["python", "-m"] for line in lines), lines
+    return [(line[2], line[3:]) for line in lines]
+
+
+def smoke_parsers():
+    """Each stage's own TrlParser, as its entry point builds it."""
+    from transformers import TrainingArguments
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from data_gen.config import DataGenConfig
+    from eval.run import EvalArguments
+    from finetune.prefopt import PrefOptArguments
+    from finetune.sft import FinetuneArguments
+
+    return {"data_gen": TrlParser(DataGenConfig), "finetune": TrlParser((FinetuneArguments, SFTConfig, ModelConfig)),
+            "finetune.prefopt": TrlParser((PrefOptArguments, TrainingArguments, ModelConfig)),
+            "eval": TrlParser((EvalArguments,))}
+
+
+def test_gpu_smoke_runs_every_stage_in_order_with_flags_that_parse(monkeypatch):
+    """DRY_RUN prints the four stages in pipeline order; each command's flags parse with its stage's own parser
+    (over its recipe), into the small run the script promises: the embedded model, one GPU in bf16, few steps."""
+    commands = smoke_commands("runs/smoke-test")
+    assert [module for module, _ in commands] == ["data_gen", "finetune", "finetune.prefopt", "eval"]
+    monkeypatch.chdir(ROOT)  # the recipes' paths are relative to the repository
+    # TrainingArguments refuses bf16 without a bf16 GPU: parse as on the GPU the script runs on
+    monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: True)
+    parsers = smoke_parsers()
+    parsed = {module: parsers[module].parse_args_and_config(flags) for module, flags in commands}
+    (data,) = parsed["data_gen"]
+    data.check()
+    assert (data.run_dir, data.teacher, data.max_examples, data.answer_model) == ("runs/smoke-test", "structural",
+                                                                                  48, "smollm2-135m-instruct")
+    args, sft, model = parsed["finetune"]
+    assert (args.run_dir, args.variant, model.model_name_or_path) == ("runs/smoke-test", "both",
+                                                                      "smollm2-135m-instruct")
+    assert sft.bf16 and not sft.use_cpu and 0 < sft.max_steps <= 50 and sft.report_to in ("none", [], ["none"])
+    po, training, policy = parsed["finetune.prefopt"]
+    assert (po.rounds, po.lambdas, policy.model_name_or_path) == (1, [1.0], "runs/smoke-test/models/pasta-sft")
+    assert po.samples * po.num_prompts <= 64 and training.bf16 and not training.use_cpu
+    (ev,) = parsed["eval"]
+    assert (ev.run_dir, ev.judge, ev.limit) == ("runs/smoke-test", "proxy", 8)
+
+
+def test_gpu_smoke_refuses_to_run_without_a_gpu(tmp_path):
+    out = sh("scripts/smoke_gpu.sh", str(tmp_path / "run"))  # PATH has no nvidia-smi here
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == "smoke_gpu.sh: no GPU (nvidia-smi lists none); DRY_RUN=1 prints the commands"
