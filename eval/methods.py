@@ -1,7 +1,8 @@
 """Decoding methods under evaluation, all on the same engine, batch size 1, greedy by default.
 
-Each method answers one instruction and returns a generation record: the answer, how long it
-took, how many tokens and steps, and (where the method has one) its stored form.
+Each method's `answer(prompt)` takes an instruction or a conversation (chat messages ending with the
+user's, as MT-Bench's second turn) and returns a generation record: the answer, how long it took, how
+many tokens and steps, and (where the method has one) its stored form.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class Sequential:
     def __init__(self, engine: Engine, model: str, options: Options):
         self.engine, self.model, self.options = engine, model, options
 
-    def answer(self, instruction: str) -> dict:
-        r = self.engine.generate(instruction, mode="sequential", options=self.options)
+    def answer(self, prompt: str | list[dict]) -> dict:
+        r = self.engine.generate(prompt, mode="sequential", options=self.options)
         return record(r, self.name, self.model, 1.0, 1.0)
 
 
@@ -61,8 +62,8 @@ class Pasta:
     def __init__(self, engine: Engine, model: str, options: Options):
         self.engine, self.model, self.options = engine, model, options
 
-    def answer(self, instruction: str) -> dict:
-        r = self.engine.generate(instruction, mode="pasta", options=self.options)
+    def answer(self, prompt: str | list[dict]) -> dict:
+        r = self.engine.generate(prompt, mode="pasta", options=self.options)
         costs = measure(r.stored, self.engine.tokenizer)
         return record(r, self.name, self.model, costs.theoretical_speedup, costs.parallelism)
 
@@ -76,14 +77,17 @@ class SkeletonOfThought:
     def __init__(self, engine: Engine, model: str, options: Options, max_points: int = 8):
         self.engine, self.model, self.options, self.max_points = engine, model, options, max_points
 
-    def answer(self, instruction: str) -> dict:
+    def answer(self, prompt: str | list[dict]) -> dict:
         e, tok = self.engine, self.engine.tokenizer
+        # a conversation's earlier turns come before the skeleton and expansion prompts, about its last question
+        history, instruction = ([], prompt) if isinstance(prompt, str) else (prompt[:-1], prompt[-1]["content"])
         skeleton_opts = Options(**{**self.options.__dict__, "max_new_tokens": min(128, self.options.max_new_tokens)})
         start = time.perf_counter()
-        sk = e.generate(SKELETON_PROMPT.format(question=instruction), mode="sequential", options=skeleton_opts)
+        sk = e.generate(history + [{"role": "user", "content": SKELETON_PROMPT.format(question=instruction)}],
+                        mode="sequential", options=skeleton_opts)
         points = skeleton_points(sk.text, self.max_points)
         if len(points) < 2:  # no usable skeleton: answer plainly, and say so
-            plain = e.generate(instruction, mode="sequential", options=self.options)
+            plain = e.generate(prompt, mode="sequential", options=self.options)
             r = record(plain, self.name, self.model, None, None, fallback=True)
             return {**r, "wall_time": time.perf_counter() - start, "steps": sk.steps + plain.steps,
                     "tokens": r["tokens"] + sum(sk.thread_tokens)}
@@ -91,8 +95,8 @@ class SkeletonOfThought:
         per_point = max(16, (self.options.max_new_tokens - sum(sk.thread_tokens)) // len(points))
         prompts = []
         for n, text in points:
-            messages = [{"role": "user", "content": EXPAND_PROMPT.format(question=instruction, skeleton=skeleton,
-                                                                         index=n)}]
+            messages = history + [{"role": "user", "content": EXPAND_PROMPT.format(
+                question=instruction, skeleton=skeleton, index=n)}]
             prompts.append(prompt_ids(tok, messages) + encode(tok, f"{n}. {text}"))
         expand_opts = Options(**{**self.options.__dict__, "max_new_tokens": per_point, "stop": ("\n",)})
         expansions = e.generate_batch(prompts, expand_opts, batch_size=len(prompts))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -24,10 +25,28 @@ def mt_bench_path() -> Path:
 
 
 def mt_bench() -> list[dict]:
-    """The 80 first-turn questions, with their category."""
+    """The 80 questions: the first turn as the instruction, with their category, FastChat's `question_id` and both
+    `turns` (the second is asked after the model's own first answer: `second_turn`)."""
     with open(mt_bench_path(), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return [{"id": f"mt{r['question_id']}", "instruction": r["turns"][0], "category": r["category"]} for r in rows]
+    return [{"id": f"mt{r['question_id']}", "instruction": r["turns"][0], "category": r["category"],
+             "question_id": r["question_id"], "turns": r["turns"]} for r in rows]
+
+
+def second_turn(prompt: dict, first_answer: str) -> dict:
+    """The follow-up of a two-turn prompt as a prompt of its own: the conversation [user turn 1, assistant
+    `first_answer`, user turn 2]. Its id is `turn2_id(prompt["id"])`; its `context` digests the first exchange, so a
+    cached second answer is reused only after the same first answer."""
+    first, follow = prompt["turns"][0], prompt["turns"][1]
+    messages = [{"role": "user", "content": first}, {"role": "assistant", "content": first_answer},
+                {"role": "user", "content": follow}]
+    context = hashlib.sha1(json.dumps(messages[:2]).encode()).hexdigest()[:12]
+    return {"id": turn2_id(prompt["id"]), "instruction": follow, "messages": messages, "context": context,
+            "category": prompt.get("category", "")}
+
+
+def turn2_id(prompt_id: str) -> str:
+    return f"{prompt_id}#turn2"
 
 
 def alpaca_eval(path: str = ALPACA_EVAL) -> list[dict]:

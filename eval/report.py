@@ -1,19 +1,29 @@
 """What an evaluation leaves behind: the results table (Markdown, CSV), the Pareto plot, an
-alpaca_eval export, and a per-prompt HTML report with the stored forms' tags highlighted."""
+alpaca_eval export, FastChat MT-Bench answers, and a per-prompt HTML report with the stored forms'
+tags highlighted.
+
+The table's quality figure beside the raw win rate is a length-adjusted win rate from a length-only
+GLM (eval.winrate), not alpaca_eval's length-controlled win rate: for that, run alpaca_eval on the
+export (docs/eval.md)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import json
 import re
+import time
 from pathlib import Path
 
 from interpreter.tags import Lexer, Tag, Text
 
-COLUMNS = ["method", "model", "n", "win_rate", "lc_win_rate", "lc_ci_low", "lc_ci_high", "wall_speedup",
-           "theoretical_speedup", "parallelism", "tokens_per_s", "mean_tokens", "cut", "looped", "repaired",
-           "block_repetition"]
+from .prompts import turn2_id
+
+COLUMNS = ["method", "model", "n", "judge_failures", "win_rate", "length_adjusted_win_rate", "length_adjusted_ci_low",
+           "length_adjusted_ci_high", "wall_speedup", "theoretical_speedup", "parallelism", "tokens_per_s",
+           "mean_tokens", "cut", "looped", "repaired", "block_repetition"]
+ADJUSTED = "length-adjusted win rate (length-only GLM)"  # what the figure is: not alpaca_eval's LC win rate
 
 
 def _fmt(v) -> str:
@@ -23,15 +33,20 @@ def _fmt(v) -> str:
 
 
 def table_markdown(rows: list[dict], judge_label: str) -> str:
-    head = ("| method | model | n | win rate | LC win rate (95% CI) | wall-clock speedup | theoretical speedup | "
-            "parallelism | tokens/s | tokens | cut | looped | repaired | repeated across blocks |")
-    lines = [f"Quality judge: **{judge_label}**. Win rates are against the sequential baseline (50 = equal). "
-             "Without a judge: answers cut by the token budget, stopped in a loop, whose tags needed a repair, and "
-             "the share of a block's word 3-grams that another block of the same answer repeats.", "",
-             head, "|" + " --- |" * (head.count("|") - 1)]
+    head = ("| method | model | n | judge failures | win rate | length-adjusted win rate (length-only GLM; 95% CI) | "
+            "wall-clock speedup | theoretical speedup | parallelism | tokens/s | tokens | cut | looped | repaired | "
+            "repeated across blocks |")
+    lines = [f"Quality judge: **{judge_label}**. Win rates are against the sequential baseline (50 = equal), over the "
+             "pairs the judge answered; judge failures (an error after retries, or a reply that is neither A nor B) "
+             "are counted, never scored as ties. The length-adjusted win rate is a logistic fit of the preference "
+             "on the length difference alone, read at equal length; it is not alpaca_eval's length-controlled win "
+             "rate (docs/eval.md). Without a judge: answers cut by the token budget, stopped in a loop, whose tags "
+             "needed a repair, and the share of a block's word 3-grams that another block of the same answer "
+             "repeats.", "", head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['model']} | {r['n']} | {_fmt(r['win_rate'])} | {_fmt(r['lc_win_rate'])} "
-                     f"({_fmt(r['lc_ci_low'])}–{_fmt(r['lc_ci_high'])}) | {_fmt(r['wall_speedup'])}× | "
+        lines.append(f"| {r['method']} | {r['model']} | {r['n']} | {r['judge_failures']} | {_fmt(r['win_rate'])} | "
+                     f"{_fmt(r['length_adjusted_win_rate'])} ({_fmt(r['length_adjusted_ci_low'])}–"
+                     f"{_fmt(r['length_adjusted_ci_high'])}) | {_fmt(r['wall_speedup'])}× | "
                      f"{_fmt(r['theoretical_speedup'])}× | {_fmt(r['parallelism'])} | {_fmt(r['tokens_per_s'])} | "
                      f"{_fmt(r['mean_tokens'])} | {r['cut']} | {r['looped']} | {r['repaired']} | "
                      f"{_fmt(r['block_repetition'])} |")
@@ -53,7 +68,7 @@ def set_slug(name: str) -> str:
 
 
 def pareto_plot(rows: list[dict], path: Path, judge_label: str, prompts: str = "") -> None:
-    """LC win rate against wall-clock speedup; PASTA checkpoints joined as one curve."""
+    """Length-adjusted win rate against wall-clock speedup; PASTA checkpoints joined as one curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,16 +78,17 @@ def pareto_plot(rows: list[dict], path: Path, judge_label: str, prompts: str = "
     markers = {"sequential": "s", "pasta": "o", "sot": "^", "pattern": "D"}
     pasta = sorted((r for r in rows if r["method"] == "pasta"), key=lambda r: r["wall_speedup"])
     if len(pasta) > 1:
-        ax.plot([r["wall_speedup"] for r in pasta], [r["lc_win_rate"] for r in pasta], "-", color="tab:orange",
-                alpha=0.6, zorder=1)
+        ax.plot([r["wall_speedup"] for r in pasta], [r["length_adjusted_win_rate"] for r in pasta], "-",
+                color="tab:orange", alpha=0.6, zorder=1)
     for r in rows:
-        lo, hi = r["lc_win_rate"] - r["lc_ci_low"], r["lc_ci_high"] - r["lc_win_rate"]
-        ax.errorbar(r["wall_speedup"], r["lc_win_rate"], yerr=[[max(lo, 0)], [max(hi, 0)]], fmt=markers.get(
+        y = r["length_adjusted_win_rate"]
+        lo, hi = y - r["length_adjusted_ci_low"], r["length_adjusted_ci_high"] - y
+        ax.errorbar(r["wall_speedup"], y, yerr=[[max(lo, 0)], [max(hi, 0)]], fmt=markers.get(
             r["method"], "o"), capsize=3, label=f"{r['method']} · {r['model']}", zorder=2)
     ax.axhline(50, color="grey", lw=0.8, ls="--")
     ax.axvline(1, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("wall-clock speedup over sequential (geometric mean)")
-    ax.set_ylabel("LC win rate vs sequential baseline (%)")
+    ax.set_ylabel(f"{ADJUSTED}\nvs sequential baseline (%)")
     ax.set_title(f"Quality vs speed{' on ' + prompts if prompts else ''} — judge: {judge_label}", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -80,14 +96,41 @@ def pareto_plot(rows: list[dict], path: Path, judge_label: str, prompts: str = "
     plt.close(fig)
 
 
+def model_id(name: str) -> str:
+    """A row's name ("pasta · pasta-sft") as the name alpaca_eval and FastChat know it by ("pasta_pasta-sft"): the
+    export's file stem, and safe in the file names both tools make from it."""
+    return _slug(name)
+
+
 def alpaca_eval_export(generations: dict[str, list[dict]], prompts: dict[str, dict], out: Path) -> None:
-    """One JSON per method/model in alpaca_eval's model_outputs format, for its official CLI."""
+    """out/alpaca_eval/<model_id>.json per row, in alpaca_eval's model_outputs format (instruction, output,
+    generator = model_id, dataset), in prompt order, for its official CLI; the sequential Baseline-SFT row's file
+    is the `--reference_outputs`."""
     folder = out / "alpaca_eval"
     folder.mkdir(parents=True, exist_ok=True)
     for name, gens in generations.items():
-        rows = [{"instruction": prompts[g["prompt_id"]]["instruction"], "output": g["text"], "generator": name,
-                 "dataset": prompts[g["prompt_id"]].get("category", "")} for g in gens]
-        (folder / f"{_slug(name)}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+        rows = [{"instruction": prompts[g["prompt_id"]]["instruction"], "output": g["text"],
+                 "generator": model_id(name), "dataset": prompts[g["prompt_id"]].get("category", "")} for g in gens]
+        (folder / f"{model_id(name)}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+
+
+def mt_bench_export(answers: dict[str, dict[str, dict]], prompts: list[dict], folder: Path) -> list[Path]:
+    """folder/<model_id>.jsonl per row in FastChat's model_answer format (question_id, answer_id, model_id,
+    choices [{"index": 0, "turns": [answer 1, answer 2]}], tstamp), for FastChat's gen_judgment.py; only the
+    prompts that hold both answers. Returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, rows in answers.items():
+        ident = model_id(name)
+        both = [(p["question_id"], rows[p["id"]], rows[turn2_id(p["id"])]) for p in prompts
+                if "question_id" in p and p["id"] in rows and turn2_id(p["id"]) in rows]
+        lines = [{"question_id": qid, "answer_id": hashlib.sha1(f"{ident}/{qid}".encode()).hexdigest()[:22],
+                  "model_id": ident, "choices": [{"index": 0, "turns": [first["text"], second["text"]]}],
+                  "tstamp": time.time()} for qid, first, second in both]
+        if lines:
+            written.append(folder / f"{ident}.jsonl")
+            written[-1].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
+    return written
 
 
 def highlight(stored: str) -> str:
@@ -126,9 +169,9 @@ def html_report(prompts: list[dict], generations: dict[str, dict[str, dict]], pr
             if g is None:
                 parts.append("<td>–</td>")
                 continue
-            pref = prefs.get(n, {}).get(p["id"])
+            pref = prefs.get(n, {}).get(p["id"], "–")
             meta = (f"{g['tokens']} tokens · {g['steps']} steps · {g['threads']} threads · {g['wall_time']:.2f} s"
-                    + (f" · preference {pref:.2f}" if pref is not None else ""))
+                    + ("" if pref == "–" else " · judge failed" if pref is None else f" · preference {pref:.2f}"))
             stored = ""
             if g.get("stored") and g["stored"] != g["text"]:
                 stored = f"<details><summary>stored form</summary><pre>{highlight(g['stored'])}</pre></details>"

@@ -1,6 +1,10 @@
 """The evaluation: every method answers every prompt (cached), a judge compares each answer with the
-sequential baseline's, and the results become a table, a Pareto plot, an alpaca_eval export and a
-browsable report under <run_dir>/eval/."""
+sequential baseline's, and the results become a table, a Pareto plot, an alpaca_eval export, FastChat
+MT-Bench answers and a browsable report under <run_dir>/eval/.
+
+The judge is built and probed before any decoding, so a wrong key, URL or model costs seconds, not a
+night of generation. A pair the judge fails on is counted per row, never scored as a tie; above
+`max_judge_failures` of a row the run stops with one line."""
 
 from __future__ import annotations
 
@@ -17,16 +21,16 @@ from tqdm import tqdm
 from interpreter import Engine, ModelNotFound, Options, cross_block_repetition, load_model, parse
 from pipeline.errors import cli as run_cli
 from pipeline.jsonl import append_rows, read_rows
-from pipeline.judges import JudgmentCache, OpenAIJudge, make_judge
+from pipeline.judges import JudgmentCache, check_failures, make_judge
 from pipeline.runfolder import hold, slug
 from pipeline.shards import parse_shard, shard_path
 
 from . import report
 from .methods import Pasta, Sequential, SkeletonOfThought
 from .pattern import PatternDecoder
-from .prompts import check_sets, load_prompts
+from .prompts import check_sets, load_prompts, second_turn
 from .shards import merge
-from .winrate import bootstrap, geomean, lc_win_rate, win_rate
+from .winrate import bootstrap, geomean, length_adjusted_win_rate, win_rate
 
 METHODS = {"sequential": Sequential, "pasta": Pasta, "sot": SkeletonOfThought, "pattern": PatternDecoder}
 
@@ -41,6 +45,10 @@ class EvalArguments:
         "help": "prompt sets, each its own table: mt-bench, heldout (instructions no dataset of ours holds), "
                 "alpaca-eval, alpaca-eval:PATH or a JSONL"})
     limit: int | None = field(default=None, metadata={"help": "first N prompts of each set, taken across categories"})
+    mt_bench_turns: int = field(default=2, metadata={
+        "help": "MT-Bench turns to decode: 2 (the second asked after each method's own first answer, and both "
+                "exported for FastChat's gen_judgment.py to <run_dir>/eval/mt_bench/model_answer) or 1 (first "
+                "turns only: half the decoding, no FastChat export). Tables and judges use the first turn"})
     # Methods and models
     methods: list[str] = field(default_factory=lambda: ["sequential", "base", "pasta", "sot", "pattern"],
                                metadata={"help": "sequential (the Baseline-SFT model), base, pasta, sot, pattern"})
@@ -61,6 +69,10 @@ class EvalArguments:
     judge_base_url: str | None = field(default=None, metadata={"help": "any OpenAI-compatible endpoint"})
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_concurrency: int = 16
+    max_judge_failures: float = field(default=0.05, metadata={
+        "help": "share of a row's pairs the judge may fail on (an error after retries, or a reply that is neither "
+                "A nor B) before the run stops; failed pairs are counted in the table, never scored as ties, and "
+                "asked again on the next run"})
     proxy_reference: str | None = field(default=None, metadata={"help": "the proxy's likelihood model; default base"})
     bootstrap: int = field(default=500, metadata={"help": "bootstrap resamples for confidence intervals"})
     # Many workers
@@ -120,9 +132,11 @@ class Generations:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def holds(self, prompt: dict) -> bool:
-        """An answer to this prompt as it reads now (a prompt edited under the same id is answered again)."""
+        """An answer to this prompt as it reads now (a prompt edited under the same id is answered again, and a second
+        turn after a first answer that changed)."""
         row = self.rows.get(prompt["id"])
-        return row is not None and row.get("instruction", prompt["instruction"]) == prompt["instruction"]
+        return (row is not None and row.get("instruction", prompt["instruction"]) == prompt["instruction"]
+                and row.get("context") == prompt.get("context"))
 
     def add(self, row: dict) -> None:
         row = {**row, "settings": self.key}
@@ -131,36 +145,56 @@ class Generations:
 
 
 def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[int, int] | None = None):
-    """Every row's answers to `prompts` (cached under out/generations, where every prompt set's answers live).
-    One model is resident at a time: the rows are decoded grouped by model."""
+    """Every row's answers to `prompts` (cached under out/generations, where every prompt set's answers live), as
+    {row name: {prompt id: record}}; with mt_bench_turns 2 a two-turn prompt's second answer is there too, under
+    `turn2_id(prompt id)`. One model is resident at a time: the rows are decoded grouped by model."""
     timed_in = f"{os.uname().nodename}-{os.getpid()}-{time.time():.0f}"  # this run: wall times compare within it
     options = Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
                       max_threads=args.max_threads, stop_loops=args.stop_loops)
     mine = [p for i, p in enumerate(prompts) if shard is None or i % shard[1] == shard[0]]
+    two_turns = [p for p in mine if args.mt_bench_turns == 2 and len(p.get("turns", ())) > 1]
     rows = plan(args)
     first = {}  # model -> its first row
     for i, (_, _, path) in enumerate(rows):
         first.setdefault(path, i)
-    generations = {}
-    engine, loaded = None, None
+    answers = {}
+    resident = {"path": None, "engine": None}
+
+    def runner_for(method: str, label: str, path: str):
+        if resident["path"] != path:
+            resident["engine"] = None  # the last model goes (its runner went with the last row) before the next loads
+            resident["engine"] = Engine(*load_model(path, dtype=args.dtype, device=args.device))
+            resident["path"] = path
+        runner = METHODS[method](resident["engine"], label, options)
+        runner.answer("Say hello.")  # warm-up: first calls pay for allocation, not decoding
+        return runner
+
     for method, label, path in sorted(rows, key=lambda row: first[row[2]]):
         name = f"{method} · {label}"
         file = out / "generations" / f"{method}--{slug(label)}.jsonl"
         cache = Generations(shard_path(file, *shard) if shard else file,
                             {"method": method, "model": path, "weights": weights_stamp(path),
                              "options": asdict(options), "dtype": args.dtype})
+        runner = None  # the last row's runner holds its model: gone before another loads
         todo = [p for p in mine if not cache.holds(p)]
         if todo:
-            if loaded != path:
-                engine = runner = None  # the last model goes (with the runner holding it) before the next loads
-                engine, loaded = Engine(*load_model(path, dtype=args.dtype, device=args.device)), path
-            runner = METHODS[method](engine, label, options)
-            runner.answer("Say hello.")  # warm-up: first calls pay for allocation, not decoding
-            for p in tqdm(todo, desc=name, file=sys.stderr):
-                cache.add({"prompt_id": p["id"], "instruction": p["instruction"], **runner.answer(p["instruction"]),
-                           "timed_in": timed_in})
-        generations[name] = {p["id"]: cache.rows[p["id"]] for p in mine}
-    return {f"{method} · {label}": generations[f"{method} · {label}"] for method, label, _ in rows}
+            runner = runner_for(method, label, path)
+            _decode(runner, cache, todo, name, timed_in)
+        follow = [second_turn(p, cache.rows[p["id"]]["text"]) for p in two_turns]
+        todo = [p for p in follow if not cache.holds(p)]
+        if todo:
+            runner = runner or runner_for(method, label, path)
+            _decode(runner, cache, todo, f"{name} · turn 2", timed_in)
+        answers[name] = {p["id"]: cache.rows[p["id"]] for p in mine + follow}
+    return {f"{method} · {label}": answers[f"{method} · {label}"] for method, label, _ in rows}
+
+
+def _decode(runner, cache: Generations, todo: list[dict], desc: str, timed_in: str) -> None:
+    """Answers `todo` (a prompt's `messages` where it has a conversation of its own, as a second turn) into `cache`."""
+    for p in tqdm(todo, desc=desc, file=sys.stderr):
+        prompt = p["messages"] if "context" in p else p["instruction"]
+        cache.add({"prompt_id": p["id"], "instruction": p["instruction"], **runner.answer(prompt),
+                   "timed_in": timed_in, **({"context": p["context"]} if "context" in p else {})})
 
 
 def mixed_timing(generations: dict[str, dict[str, dict]]) -> dict[str, int]:
@@ -171,20 +205,26 @@ def mixed_timing(generations: dict[str, dict[str, dict]]) -> dict[str, int]:
             if (n := sum(g.get("timed_in") != baseline[pid].get("timed_in") for pid, g in gens.items()))}
 
 
-def judge_all(args: EvalArguments, prompts: list[dict], generations: dict[str, dict[str, dict]], out: Path):
+def build_judge(args: EvalArguments, out: Path):
+    """The judge, probed: a missing key, an unreachable URL or an unknown model stops the run here, before decoding."""
     judge = make_judge(args.judge, JudgmentCache(out / "judgments" / f"{args.judge}.jsonl"),
                        proxy_reference=args.proxy_reference or args.base_model, judge_model=args.judge_model,
                        base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
                        concurrency=args.judge_concurrency, device=args.device)
+    judge.probe()
+    return judge
+
+
+def judge_all(args: EvalArguments, judge, prompts: list[dict], generations: dict[str, dict[str, dict]]):
+    """Each row's preference over the sequential baseline per prompt (None where the judge failed); stops with
+    JudgeError when a row's failures pass args.max_judge_failures."""
     baseline_name = next(iter(generations))
     baseline = generations[baseline_name]
-    prefs: dict[str, dict[str, float]] = {baseline_name: {p["id"]: 0.5 for p in prompts}}
+    prefs: dict[str, dict[str, float | None]] = {baseline_name: {p["id"]: 0.5 for p in prompts}}
     for name, gens in list(generations.items())[1:]:
         triples = [(p["instruction"], gens[p["id"]]["text"], baseline[p["id"]]["text"]) for p in prompts]
-        if isinstance(judge, OpenAIJudge):
-            rows = judge.prefer_all(triples)
-        else:
-            rows = [judge.prefer(*t) for t in tqdm(triples, desc=f"judge {name}", file=sys.stderr)]
+        rows = judge.prefer_all(triples, desc=f"judge {name}")
+        check_failures(rows, args.max_judge_failures, name)
         prefs[name] = {p["id"]: r["preference"] for p, r in zip(prompts, rows)}
     return judge.label, prefs
 
@@ -208,14 +248,15 @@ def metrics(args, prompts, generations, prefs) -> list[dict]:
     for name, gens in generations.items():
         method, model = name.split(" · ", 1)
         ids = [p["id"] for p in prompts]
-        p = [prefs[name][i] for i in ids]
-        lc, lb = [len(gens[i]["text"]) for i in ids], [len(baseline[i]["text"]) for i in ids]
-        lo, hi = bootstrap(lc_win_rate, p, lc, lb, n=args.bootstrap)
+        judged = [i for i in ids if prefs[name][i] is not None]  # a failed judgment is left out, never a tie
+        p = [prefs[name][i] for i in judged]
+        lc, lb = [len(gens[i]["text"]) for i in judged], [len(baseline[i]["text"]) for i in judged]
+        lo, hi = bootstrap(length_adjusted_win_rate, p, lc, lb, n=args.bootstrap)
         walls = [baseline[i]["wall_time"] / gens[i]["wall_time"] for i in ids]
         rows.append({
-            "method": method, "model": model, "n": len(ids), "win_rate": win_rate(p),
-            "lc_win_rate": lc_win_rate(p, lc, lb), "lc_ci_low": lo, "lc_ci_high": hi,
-            "wall_speedup": geomean(walls),
+            "method": method, "model": model, "n": len(ids), "judge_failures": len(ids) - len(judged),
+            "win_rate": win_rate(p), "length_adjusted_win_rate": length_adjusted_win_rate(p, lc, lb),
+            "length_adjusted_ci_low": lo, "length_adjusted_ci_high": hi, "wall_speedup": geomean(walls),
             "theoretical_speedup": geomean([gens[i]["theoretical_speedup"] or 1.0 for i in ids]),
             "parallelism": sum(gens[i]["parallelism"] or 1.0 for i in ids) / len(ids),
             "tokens_per_s": sum(gens[i]["tokens"] for i in ids) / sum(gens[i]["wall_time"] for i in ids),
@@ -227,21 +268,26 @@ def metrics(args, prompts, generations, prefs) -> list[dict]:
     return rows
 
 
-def evaluate_set(args: EvalArguments, name: str, prompts: list[dict], out: Path, folder: Path) -> tuple[list, str]:
+def evaluate_set(args: EvalArguments, judge, name: str, prompts: list[dict], out: Path,
+                 folder: Path) -> tuple[list, str]:
     """One prompt set: generate (cached in out/generations), judge, and leave its table, plot, exports and report
-    in `folder`; returns its rows and its table."""
-    generations = generate(args, prompts, out)
+    in `folder` (MT-Bench's two-turn answers in out/mt_bench/model_answer); returns its rows and its table."""
+    answers = generate(args, prompts, out)
+    generations = {n: {p["id"]: a[p["id"]] for p in prompts} for n, a in answers.items()}  # the first turns
     for row, n in mixed_timing(generations).items():
         print(f"note: {n} of {row}'s answers were timed in another run than the sequential answers they are "
               f"compared with; wall-clock ratios across runs carry the machine's drift (delete {out / 'generations'} "
               "to time every row in one run)", file=sys.stderr)
-    label, prefs = judge_all(args, prompts, generations, out)
+    label, prefs = judge_all(args, judge, prompts, generations)
     rows = metrics(args, prompts, generations, prefs)
     folder.mkdir(parents=True, exist_ok=True)
     report.write_table(rows, folder, label)
     report.pareto_plot(rows, folder / "pareto.png", label, name)
     report.alpaca_eval_export({n: list(g.values()) for n, g in generations.items()}, {p["id"]: p for p in prompts},
                               folder)
+    if args.mt_bench_turns == 2 and any(len(p.get("turns", ())) > 1 for p in prompts):
+        for path in report.mt_bench_export(answers, prompts, out / "mt_bench" / "model_answer"):
+            print(f"FastChat MT-Bench answers: {path}", file=sys.stderr)
     table = report.table_markdown(rows, label)
     report.html_report(prompts, generations, prefs, folder / "report.html", label, table)
     return rows, table
@@ -252,6 +298,7 @@ def main(args: EvalArguments) -> list[dict]:
     started = time.time()
     out = Path(args.run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
+    check_arguments(args)
     sets = [args.prompts] if isinstance(args.prompts, str) else list(args.prompts)
     prompts = {name: load_prompts(name, args.limit) for name in sets}
     check_sets(prompts)
@@ -261,8 +308,19 @@ def main(args: EvalArguments) -> list[dict]:
         return _main(args, sets, prompts, shard, out, started)
 
 
+def check_arguments(args: EvalArguments) -> None:
+    """Refuses settings no run can use, before anything runs (ValueError, one line)."""
+    if args.mt_bench_turns not in (1, 2):
+        raise ValueError(f"mt_bench_turns must be 1 or 2, not {args.mt_bench_turns}")
+    if not 0 <= args.max_judge_failures <= 1:
+        raise ValueError(f"max_judge_failures is a share of a row's pairs, from 0 to 1, not {args.max_judge_failures}")
+
+
 def _main(args: EvalArguments, sets: list[str], prompts: dict[str, list[dict]], shard: tuple[int, int] | None,
           out: Path, started: float) -> list[dict]:
+    # before any decoding, in a shard worker too (the merge judges what it decodes): a judge that cannot answer
+    # stops the run now, not after hours of generation
+    judge = build_judge(args, out)
     if shard:
         index, count = shard
         done = generate(args, [p for rows in prompts.values() for p in rows], out, (index, count))
@@ -275,7 +333,7 @@ def _main(args: EvalArguments, sets: list[str], prompts: dict[str, list[dict]], 
     rows, tables = [], []
     for name, set_prompts in prompts.items():
         folder = out if len(sets) == 1 else out / report.set_slug(name)  # one set: its files where they always were
-        set_rows, table = evaluate_set(args, name, set_prompts, out, folder)
+        set_rows, table = evaluate_set(args, judge, name, set_prompts, out, folder)
         rows += [{**r, "prompts": name} for r in set_rows]
         tables.append(f"### {name} ({len(set_prompts)} prompts; {folder})\n\n{table}")
         print(f"{tables[-1]}\nplot: {folder / 'pareto.png'}\nreport: {folder / 'report.html'}\n")

@@ -1,8 +1,11 @@
-"""Win rate and length-controlled win rate against the sequential baseline, with bootstrap intervals.
+"""Win rate and a length-adjusted win rate against the sequential baseline, with bootstrap intervals.
 
-The length control follows AlpacaEval 2 in spirit: a logistic regression of the preference on
+The length adjustment is a length-only GLM: a logistic regression of the preference on
 tanh(length difference / its spread) separates how much a method wins from how much longer it
-writes; the LC win rate is the predicted win rate at zero length difference.
+writes, and the figure is the predicted win rate at zero length difference. It is NOT alpaca_eval's
+length-controlled win rate, whose GLM also weighs each instruction's difficulty and is regularized
+toward baselines fit on AlpacaEval's 805 instructions; that figure comes from alpaca_eval itself,
+run on eval's export (docs/eval.md).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ def win_rate(prefs) -> float:
     return 100.0 * float(np.mean(prefs)) if len(prefs) else float("nan")
 
 
-def lc_win_rate(prefs, len_candidate, len_baseline) -> float:
+def length_adjusted_win_rate(prefs, len_candidate, len_baseline) -> float:
+    """The win rate (%) a length-only GLM predicts at equal length; NaN without preferences."""
     p = np.asarray(prefs, dtype=float)
     if not len(p):
         return float("nan")

