@@ -24,6 +24,7 @@ from pipeline.jsonl import append_rows, read_rows
 from pipeline.judges import JudgmentCache, check_failures, make_judge
 from pipeline.runfolder import hold, slug
 from pipeline.shards import parse_shard, shard_path
+from pipeline.tracking import log_results
 
 from . import report
 from .methods import Pasta, Sequential, SkeletonOfThought
@@ -75,6 +76,9 @@ class EvalArguments:
                 "asked again on the next run"})
     proxy_reference: str | None = field(default=None, metadata={"help": "the proxy's likelihood model; default base"})
     bootstrap: int = field(default=500, metadata={"help": "bootstrap resamples for confidence intervals"})
+    # Tracking
+    report_to: list[str] = field(default_factory=list, metadata={
+        "help": "where the results tables are logged too: wandb (offline without a login), tensorboard"})
     # Many workers
     shard: str | None = field(default=None, metadata={"help": "i/n: generate every n-th prompt from the i-th on, "
                                                                "into shard files; no judging or report"})
@@ -340,6 +344,7 @@ def _main(args: EvalArguments, sets: list[str], prompts: dict[str, list[dict]], 
     if len(sets) > 1:
         (out / "results.md").write_text("\n".join(tables))
     (out / "args.json").write_text(json.dumps(asdict(args), indent=1))
+    log_results(args.report_to, rows, out, config=asdict(args))
     print(f"({time.time() - started:.0f} s)")
     return rows
 
