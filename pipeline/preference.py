@@ -6,6 +6,15 @@ preference for it over the dataset's reference answer (the openai judge, or the 
 An answer the sampling budget ended is left out, and a broken one (its tags needed repair, or it
 loops) never counts as best. For every λ the best and the worst answer of a prompt form a pair.
 
+Pairs are written in TRL's conversational preference format (`prompt`: the messages, `chosen` / `rejected`:
+one assistant message each) plus the layouts of the drawn tokens (`chosen_layout`, `rejected_layout`) that
+preference training scores, and the scores that chose them.
+
+Many GPUs sample one round together: `--shard i/n` draws every n-th prompt (from the i-th on) into the worker's
+own `samples.shard-i-of-n.jsonl` and judges nothing; `--merge_shards n` joins the n files, each prompt from
+the one worker that owns it, refuses a missing file, a gap or an overlap with one line, then judges and writes
+the pairs exactly as one unsharded run would.
+
 `finetune.prefopt` samples in-process and trains on the pairs; `python -m eval.pairs` samples alone.
 Both take `PreferenceArguments`, extended by their own.
 """
@@ -26,8 +35,9 @@ from interpreter import LOOPING, Engine, Options, load_model, measure, repetitio
 
 from .dataset import load_splits, split
 from .jsonl import append_rows, read_rows
-from .judges import JudgmentCache, OpenAIJudge, make_judge
+from .judges import JudgmentCache, check_failures, make_judge
 from .runfolder import writing
+from .shards import ShardError, parse_shard, shard_path
 
 
 @dataclass
@@ -62,9 +72,18 @@ class PreferenceArguments:
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     proxy_reference: str = "smollm2-135m-instruct"
+    max_judge_failures: float = field(default=0.05, metadata={
+        "help": "share of the samples the judge may fail on (left out of the pairs, never scored as ties) before "
+                "the run stops"})
     device: str | None = None
     sampling_seed: int = field(default=0, metadata={
         "help": "answer j of a prompt is drawn with seed sampling_seed·100003 + j (finetune.check's convention)"})
+    shard: str | None = field(default=None, metadata={
+        "help": "i/n: sample every n-th prompt from the i-th on into samples.shard-i-of-n.jsonl and judge nothing "
+                "(one worker per GPU); --merge_shards n then judges and writes the pairs"})
+    merge_shards: int | None = field(default=None, metadata={
+        "help": "join the samples of the n --shard workers (refusing a missing shard, a gap or an overlap), judge "
+                "them and write the pairs"})
 
 
 def lambda_name(lam: float) -> str:
@@ -120,35 +139,105 @@ def pairs_for(samples: dict[str, list[dict]], lam: float, repaired: str = "worst
         worst, best = ranked[0], ranked[-1]
         if score(best, lam) <= score(worst, lam) or broken(best):
             continue  # nothing to learn from this prompt
-        out.append({"id": prompt_id, "messages": best["messages"], "chosen": best["stored"],
-                    "rejected": worst["stored"], "chosen_layout": best.get("layout"),
+        out.append({"id": prompt_id, "prompt": best["messages"], "chosen": _assistant(best["stored"]),
+                    "rejected": _assistant(worst["stored"]), "chosen_layout": best.get("layout"),
                     "rejected_layout": worst.get("layout"), "lambda": lambda_name(lam),
                     "chosen_speedup": best["speedup"], "chosen_quality": best["quality"],
                     "rejected_speedup": worst["speedup"], "rejected_quality": worst["quality"]})
     return out
 
 
+def _assistant(stored: str) -> list[dict]:
+    return [{"role": "assistant", "content": stored}]
+
+
+def answer(pair: dict, side: str) -> str:
+    """The stored text of a pair's `side` ("chosen" or "rejected"), in TRL's format or the earlier plain one."""
+    value = pair[side]
+    return value if isinstance(value, str) else value[-1]["content"]
+
+
 def sample_pairs(args: PreferenceArguments, policy: str, out: Path, lambdas: list[float] | None = None,
                  dtype: str | None = None) -> dict:
     """Samples `policy` (in `dtype`), judges the answers and writes out/pairs-l<λ>.jsonl for every λ (default
     args.lambdas) and out/summary.json; returns the summary. Samples and judgments are cached under `out`, so a
-    killed run goes on where it stopped."""
+    killed run goes on where it stopped. With `args.shard` "i/n" it only draws that worker's prompts into
+    out/samples.shard-i-of-n.jsonl (returning what it wrote); with `args.merge_shards` n it takes the samples from
+    the n workers' files instead of drawing (ShardError on a missing file, a gap or an overlap)."""
+    if args.shard and args.merge_shards:
+        raise ShardError("--shard (one worker) and --merge_shards (after all workers) are separate runs; pass one")
+    if args.merge_shards is not None and args.merge_shards < 1:
+        raise ShardError(f"--merge_shards must be the number of workers (1 or more), not {args.merge_shards}")
+    shard = parse_shard(args.shard) if args.shard else None
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(args)
-    samples = _draw(args, policy, out, prompts, dtype)  # the policy is freed before the judge loads
-    return _pairs(args, policy, out, prompts, samples, args.lambdas if lambdas is None else lambdas)
+    # probed before any sampling, in a worker too (the merge judges what it draws): a judge that cannot answer stops
+    # the run now, not after hours of decoding
+    judge = make_judge(args.judge, JudgmentCache(out / f"judgments-{args.judge}.jsonl"),
+                       proxy_reference=args.proxy_reference, judge_model=args.judge_model,
+                       base_url=args.judge_base_url, api_key_env=args.judge_api_key_env, device=args.device)
+    judge.probe()
+    if shard:
+        return _draw_shard(args, policy, out, prompts, dtype, *shard)
+    # drawn here, the policy is freed before the judge loads its model (the proxy's: on first use)
+    samples = _merged(args, policy, out, prompts) if args.merge_shards else _draw(args, policy, out, prompts, dtype)
+    return _pairs(args, judge, policy, out, prompts, samples, args.lambdas if lambdas is None else lambdas)
 
 
-def _draw(args: PreferenceArguments, policy: str, out: Path, prompts: list[dict], dtype: str | None) -> list[dict]:
-    """Every prompt's `samples` answers, drawn or read from out/samples.jsonl."""
-    cache_file = out / "samples.jsonl"
-    # a sample is reused only if drawn by the same policy with the same settings (stop_loops only when on:
-    # samples drawn before the option existed stay valid)
-    settings = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-                "seed": args.sampling_seed, **({"stop_loops": True} if args.stop_loops else {})}
-    done = {(row["id"], row["score_seed"]): row for row in read_rows(cache_file)
-            if row.get("policy") == policy and row.get("settings") == settings and "layout" in row}
+def _draw_shard(args: PreferenceArguments, policy: str, out: Path, prompts: list[dict], dtype: str | None,
+                index: int, count: int) -> dict:
+    """One worker's share: every n-th prompt from the i-th on, into its own file (no two workers append to one)."""
+    path = shard_path(out / "samples.jsonl", index, count)
+    rows = _draw(args, policy, out, prompts[index::count], dtype, path)
+    return {"shard": f"{index}/{count}", "policy": policy, "prompts": len(prompts[index::count]),
+            "samples": len(rows), "file": str(path)}
+
+
+def _settings(args: PreferenceArguments) -> dict:
+    # stop_loops only when on: samples drawn before the option existed stay valid
+    return {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+            "seed": args.sampling_seed, **({"stop_loops": True} if args.stop_loops else {})}
+
+
+def _usable(path: Path, policy: str, settings: dict) -> list[dict]:
+    """The rows of a samples file drawn by `policy` with `settings`, which alone are reused."""
+    return [row for row in read_rows(path)
+            if row.get("policy") == policy and row.get("settings") == settings and "layout" in row]
+
+
+def _merged(args: PreferenceArguments, policy: str, out: Path, prompts: list[dict]) -> list[dict]:
+    """Every prompt's samples from the file of the worker that owns it, in the order one unsharded run keeps."""
+    count, settings = args.merge_shards, _settings(args)
+    owner = {p["id"]: k % count for k, p in enumerate(prompts)}  # the split every worker made
+    done: dict[tuple, dict] = {}
+    for index in range(count):
+        path, name = shard_path(out / "samples.jsonl", index, count), f"shard {index}/{count}"
+        if not path.exists():
+            raise ShardError(f"{name}: {path} is missing (that worker has not run); run it with the same flags "
+                             f"and --shard {index}/{count}")
+        for row in _usable(path, policy, settings):
+            if row["id"] not in owner:
+                continue  # a prompt of an earlier, larger --num_prompts: not part of this merge
+            if owner[row["id"]] != index:
+                raise ShardError(f"{name}: {path} holds prompt {row['id']}, which belongs to shard "
+                                 f"{owner[row['id']]}/{count} (overlap: were the workers' flags different?); "
+                                 "rerun that shard")
+            done[(row["id"], row["score_seed"])] = row
+        lacking = [p["id"] for p in prompts[index::count] if any((p["id"], j) not in done for j in range(args.samples))]
+        if lacking:
+            raise ShardError(f"{name}: {path} lacks samples of {len(lacking)} of its prompts (e.g. {lacking[0]}) by "
+                             f"{policy} with these settings; rerun that worker with --shard {index}/{count}")
+    return [done[(p["id"], j)] for p in prompts for j in range(args.samples)]
+
+
+def _draw(args: PreferenceArguments, policy: str, out: Path, prompts: list[dict], dtype: str | None,
+          cache_file: Path | None = None) -> list[dict]:
+    """Every prompt's `samples` answers, drawn or read from `cache_file` (default out/samples.jsonl)."""
+    cache_file = cache_file or out / "samples.jsonl"
+    # a sample is reused only if drawn by the same policy with the same settings
+    settings = _settings(args)
+    done = {(row["id"], row["score_seed"]): row for row in _usable(cache_file, policy, settings)}
     todo = [(p, [j for j in range(args.samples) if (p["id"], j) not in done]) for p in prompts]
     todo = [(p, seeds) for p, seeds in todo if seeds]
     engine = Engine(*load_model(policy, dtype=dtype, device=args.device)) if todo else None
@@ -169,24 +258,22 @@ def _draw(args: PreferenceArguments, policy: str, out: Path, prompts: list[dict]
     return [done[(p["id"], j)] for p in prompts for j in range(args.samples)]
 
 
-def _pairs(args: PreferenceArguments, policy: str, out: Path, prompts: list[dict], rows: list[dict],
+def _pairs(args: PreferenceArguments, judge, policy: str, out: Path, prompts: list[dict], rows: list[dict],
            lambdas: list[float]) -> dict:
-    """Judges the samples and writes the pairs of every λ and the summary."""
-    judge = make_judge(args.judge, JudgmentCache(out / f"judgments-{args.judge}.jsonl"),
-                       proxy_reference=args.proxy_reference, judge_model=args.judge_model,
-                       base_url=args.judge_base_url, api_key_env=args.judge_api_key_env, device=args.device)
+    """Judges the samples and writes the pairs of every λ and the summary. A sample the judge failed on is left out
+    of the pairs (never scored as a tie); above `max_judge_failures` of them the run stops."""
     instruction = {p["id"]: p["messages"][-1]["content"] for p in prompts}
-    if isinstance(judge, OpenAIJudge):
-        verdicts = judge.prefer_all([(instruction[r["id"]], r["text"], r["reference"]) for r in rows])
-    else:
-        verdicts = [judge.prefer(instruction[r["id"]], r["text"], r["reference"])
-                    for r in tqdm(rows, desc="judging", file=sys.stderr)]
+    verdicts = judge.prefer_all([(instruction[r["id"]], r["text"], r["reference"]) for r in rows], desc="judging")
+    failures = check_failures(verdicts, args.max_judge_failures, "the preference samples")
     samples: dict[str, list[dict]] = {}
     for r, v in zip(rows, verdicts):
         r["quality"] = v["preference"]
         r["looping"] = r.get("looped", 0) > 0 or repetition(r["text"]) > args.max_repetition
+    rows = [r for r in rows if r["quality"] is not None]
+    for r in rows:
         samples.setdefault(r["id"], []).append(r)
     summary = {"policy": policy, "judge": judge.label, "prompts": len(prompts), "samples": len(rows),
+               "judge_failures": failures,
                "mean_speedup": sum(r["speedup"] for r in rows) / len(rows),
                "mean_quality": sum(r["quality"] for r in rows) / len(rows),
                "cut_share": sum(map(cut, rows)) / len(rows),

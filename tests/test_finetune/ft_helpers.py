@@ -82,3 +82,24 @@ def save_tiny_model(folder, family: str = "llama", tied: bool | None = None) -> 
     tiny_lm(family, len(tok), tied).save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return str(folder)
+
+
+FORKING = ('<promise topic="a" tokens="4"/><async> one</async><promise topic="b" tokens="4"/><async> two</async>'
+           "<sync/>")
+
+
+def preference_run(root, prompts: int = 4) -> str:
+    """A run folder for preference sampling: as models/pasta-sft a tiny tag-token policy half-trained on a forking
+    answer (its samples end in varied ways, so best-of-N finds pairs), and `prompts` training prompts."""
+    from tiny import memorize, tag_token_tokenizer, tiny_model
+
+    tok = tag_token_tokenizer()
+    question = [{"role": "user", "content": "Count"}]
+    policy = root / "models" / "pasta-sft"
+    memorize(tiny_model("llama", len(tok)), tok, question, FORKING, steps=40).save_pretrained(policy)
+    tok.save_pretrained(policy)
+    (root / "dataset").mkdir()
+    (root / "dataset" / "train.jsonl").write_text("".join(
+        json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": f"List {i} things"}],
+                    "stripped": " one two"}) + "\n" for i in range(prompts)))
+    return str(policy)

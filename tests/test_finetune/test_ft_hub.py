@@ -216,3 +216,20 @@ def test_finetune_falls_back_to_offline_wandb(tiny, tmp_path, no_wandb_login, mo
     assert main(["--run_dir", str(tmp_path), "--model_name_or_path", tiny["model"], "--bf16", "false",
                  "--report_to", "wandb"]) == 0
     assert trained == ["pasta"] and os.environ["WANDB_MODE"] == "offline"
+
+
+def test_prefopt_pushes_each_round_and_lambda_with_its_card(tmp_path, uploads):
+    from ft_helpers import preference_run
+
+    from finetune.prefopt import main as prefopt
+
+    repos, pushed = uploads
+    policy = preference_run(tmp_path, prompts=2)
+    assert prefopt(["--run_dir", str(tmp_path), "--lambdas", "1", "--samples", "3", "--num_prompts", "2",
+                    "--max_new_tokens", "24", "--proxy_reference", policy, "--max_steps", "1",
+                    "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
+                    "--use_cpu", "true", "--push_to_hub", "--hub_model_id", "you/po", "--hub_license", "mit"]) == 0
+    assert [(p["repo"], p["folder"]) for p in pushed] == [("you/po-l1-r1", tmp_path / "models" / "prefopt-l1-r1")]
+    card = card_of(pushed[0]["readme"])
+    assert card.data.license == "mit" and "| `method` | BoNBoN, full finetuning |" in card.text
+    assert "Tag tokens: yes" in card.text  # the policy's tokenizer holds the tag pieces

@@ -15,7 +15,7 @@ from eval.pairs import main as make_pairs
 from finetune.collator import PastaCollator
 from finetune.prefopt import PairCollator, PrefOptArguments, run_rounds, sequence_logps, train_pairs
 from interpreter import Engine, Script, encode, turn_end_id
-from pipeline.preference import pairs_for
+from pipeline.preference import answer, pairs_for
 
 FAST = '<promise topic="a" tokens="4"/><async> one</async><promise topic="b" tokens="4"/><async> two</async><sync/>'
 SLOW = " one two"
@@ -28,15 +28,15 @@ def sample(speedup, quality, repaired=False, stored="x"):
 
 def test_best_and_worst_by_speedup_plus_lambda_quality():
     group = {"p": [sample(1.0, 0.9, stored="good"), sample(1.8, 0.2, stored="fast"), sample(3.0, 1.0, True, "broken")]}
-    assert pairs_for(group, 1.0)[0]["chosen"] == "fast"  # 1.8 + 0.2 > 1.0 + 0.9
-    assert pairs_for(group, 4.0)[0]["chosen"] == "good"  # 1.0 + 3.6 > 1.8 + 0.8
-    assert pairs_for(group, math.inf)[0]["chosen"] == "good"
-    assert all(p["rejected"] == "broken" for lam in (1.0, math.inf) for p in pairs_for(group, lam))
+    assert answer(pairs_for(group, 1.0)[0], "chosen") == "fast"  # 1.8 + 0.2 > 1.0 + 0.9
+    assert answer(pairs_for(group, 4.0)[0], "chosen") == "good"  # 1.0 + 3.6 > 1.8 + 0.8
+    assert answer(pairs_for(group, math.inf)[0], "chosen") == "good"
+    assert all(answer(p, "rejected") == "broken" for lam in (1.0, math.inf) for p in pairs_for(group, lam))
     assert pairs_for({"q": [sample(1.0, 0.5), sample(1.0, 0.5)]}, 1.0) == []  # nothing to learn
     skipped = pairs_for(group, 1.0, repaired="skip")  # the broken answer is neither best nor worst
-    assert [(p["chosen"], p["rejected"]) for p in skipped] == [("fast", "good")]
+    assert [(answer(p, "chosen"), answer(p, "rejected")) for p in skipped] == [("fast", "good")]
     looping = {"p": [sample(1.0, 0.3, stored="plain"), {**sample(1.9, 0.9, stored="loop"), "looping": True}]}
-    assert pairs_for(looping, 1.0)[0]["chosen"] == "plain"  # fast and well judged, but it loops: never best
+    assert answer(pairs_for(looping, 1.0)[0], "chosen") == "plain"  # fast and well judged, but it loops: never best
     assert pairs_for(looping, 1.0, repaired="skip") == []
 
 
@@ -45,7 +45,8 @@ def test_answers_the_budget_ended_are_left_out_forked_or_not():
                    {**sample(1.0, 0.0, stored="cut plain"), "finish_reason": "length"},
                    {**sample(1.9, 0.1, True, "cut forked"), "finish_reason": "length"}]}
     for repaired in ("worst", "skip"):
-        assert [(p["chosen"], p["rejected"]) for p in pairs_for(group, 0.25, repaired)] == [("fast", "slow")]
+        pairs = pairs_for(group, 0.25, repaired)
+        assert [(answer(p, "chosen"), answer(p, "rejected")) for p in pairs] == [("fast", "slow")]
 
 
 def make_run(root, model, tok=None):
