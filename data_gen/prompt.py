@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from interpreter import strip
+from interpreter import CLOSE_TAG, OPEN_TAG, SYNC_TAG, make_block, make_document, promise_tag, render, strip
 from pipeline.jsonl import key_of
 
 EXAMPLES_DIR = Path(__file__).with_name("examples")
@@ -22,10 +22,10 @@ tags inserted. Change nothing else: do not add, remove, fix or move a single cha
 answer in a code fence, and add no comment of your own.
 
 The tags:
-- <promise topic="T" tokens="N"/> announces an independent chunk about T (a short phrase of at most 8 words, \
+- {promise} announces an independent chunk about T (a short phrase of at most 8 words, \
 without ", < or >), about N tokens long. It stands exactly where the chunk begins.
-- <async>...</async> holds the chunk itself, right after its promise.
-- <sync/> makes what follows wait until every chunk above it is written. Put it before later text that \
+- {open}...{close} holds the chunk itself, right after its promise.
+- {sync} makes what follows wait until every chunk above it is written. Put it before later text that \
 refers to the chunks, such as a conclusion.
 
 Rules:
@@ -33,12 +33,14 @@ Rules:
 sibling chunk.
 - Good chunks are list items, steps, sections and paragraphs that each make their own point. Keep an \
 introduction and a conclusion outside the chunks.
-- The line break before an item goes inside its chunk: Intro:<promise topic="First" tokens="20"/><async>\\n1. \
-First item</async>
-- Chunks do not nest: no tag inside <async>...</async>.
+- The line break before an item goes inside its chunk: {example}
+- Chunks do not nest: no tag inside {open}...{close}.
 - Do not fork tiny pieces of a few words: tags cost tokens too. Short facts, single paragraphs and code \
 usually stay as they are, without any tag.
-- N is your estimate; it is corrected afterwards."""
+- N is your estimate; it is corrected afterwards.""".format(
+    promise=promise_tag("T", "N"), open=OPEN_TAG, close=CLOSE_TAG, sync=SYNC_TAG,
+    # the stored form as the language prints it, with its line break written out as the two characters \n
+    example=render(make_document(["Intro:", make_block("First", 20, "\n1. First item")])).replace("\n", "\\n"))
 
 
 @dataclass(frozen=True)

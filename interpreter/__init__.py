@@ -21,7 +21,7 @@ from .parser import (
 from .repetition import LOOPING, cross_block_repetition, repetition
 from .sampling import Script
 from .tag_tokens import TAG_PIECES, add_tag_tokens, has_tag_tokens, tag_cost
-from .tags import check_topic, promise_tag
+from .tags import CLOSE_TAG, OPEN_TAG, SYNC_TAG, check_topic, promise_tag
 
 __all__ = [
     "Engine", "AsyncEngine", "Overloaded", "Options", "Result", "Script", "encode", "prompt_ids", "turn_end_id",
@@ -29,5 +29,6 @@ __all__ = [
     "EMBEDDED_MODEL", "ModelNotFound", "load_model", "load_tokenizer", "Document", "PastaSyntaxError",
     "StreamParser", "parse", "render", "make_document", "make_block", "make_sync", "strip", "validate", "LOOPING",
     "repetition", "cross_block_repetition",
-    "TAG_PIECES", "add_tag_tokens", "has_tag_tokens", "tag_cost", "check_topic", "promise_tag",
+    "TAG_PIECES", "add_tag_tokens", "has_tag_tokens", "tag_cost", "check_topic", "promise_tag", "OPEN_TAG",
+    "CLOSE_TAG", "SYNC_TAG",
 ]
