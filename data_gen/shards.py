@@ -6,12 +6,10 @@ each record exactly once, and hands the rows to the same share filter, split and
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from contextlib import suppress
 from pathlib import Path
 
-from pipeline.runfolder import writing
+from pipeline.runfolder import publish
 from pipeline.shards import ShardError, shard_path
 
 # flags that change how a worker runs, not which rows it writes (or that only the merge applies)
@@ -43,20 +41,7 @@ def write(cfg, index: int, count: int, ids: list[str], rows: list[dict], counts:
     header = {"shard": [index, count], "settings": settings(cfg), "records": len(ids), "counts": dict(counts),
               "answers": dict(answers), "teacher": teacher.name, "teacher_summary": teacher.summary()}
     lines = [header] + [{"id": rid, "row": by_id.get(rid)} for rid in ids]  # row None: rejected, in counts
-    tmp = path.with_name(f".{path.name}.tmp")  # one worker per shard: the caller holds the shard's lock
-    try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return publish(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
 
 
 def _read(path: Path, name: str) -> tuple[list[dict], list[dict]]:

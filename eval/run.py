@@ -21,7 +21,7 @@ from tqdm import tqdm
 from interpreter import Engine, ModelNotFound, Options, cross_block_repetition, load_model, parse
 from pipeline.errors import cli as run_cli
 from pipeline.jsonl import append_rows, read_rows
-from pipeline.judges import JudgmentCache, check_failures, make_judge
+from pipeline.judges import JudgeArguments, check_failures, probed_judge
 from pipeline.runfolder import hold, slug
 from pipeline.shards import parse_shard, shard_path
 from pipeline.tracking import log_results
@@ -37,7 +37,7 @@ METHODS = {"sequential": Sequential, "pasta": Pasta, "sot": SkeletonOfThought, "
 
 
 @dataclass
-class EvalArguments:
+class EvalArguments(JudgeArguments):
     # Run folder
     run_dir: str = field(default="runs/demo", metadata={"help": "run folder: models from <run_dir>/models, "
                                                                 "results to <run_dir>/eval"})
@@ -64,17 +64,6 @@ class EvalArguments:
                                                               "alike (Options.stop_loops)"})
     dtype: str | None = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16"})
     device: str | None = None
-    # Judge
-    judge: str = field(default="proxy", metadata={"help": "proxy (offline, labelled as such) or openai"})
-    judge_model: str = field(default="gpt-4o", metadata={"help": "for the openai judge"})
-    judge_base_url: str | None = field(default=None, metadata={"help": "any OpenAI-compatible endpoint"})
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_concurrency: int = 16
-    max_judge_failures: float = field(default=0.05, metadata={
-        "help": "share of a row's pairs the judge may fail on (an error after retries, or a reply that is neither "
-                "A nor B) before the run stops; failed pairs are counted in the table, never scored as ties, and "
-                "asked again on the next run"})
-    proxy_reference: str | None = field(default=None, metadata={"help": "the proxy's likelihood model; default base"})
     bootstrap: int = field(default=500, metadata={"help": "bootstrap resamples for confidence intervals"})
     # Tracking
     report_to: list[str] = field(default_factory=list, metadata={
@@ -210,13 +199,8 @@ def mixed_timing(generations: dict[str, dict[str, dict]]) -> dict[str, int]:
 
 
 def build_judge(args: EvalArguments, out: Path):
-    """The judge, probed: a missing key, an unreachable URL or an unknown model stops the run here, before decoding."""
-    judge = make_judge(args.judge, JudgmentCache(out / "judgments" / f"{args.judge}.jsonl"),
-                       proxy_reference=args.proxy_reference or args.base_model, judge_model=args.judge_model,
-                       base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
-                       concurrency=args.judge_concurrency, device=args.device)
-    judge.probe()
-    return judge
+    """The judge, probed before any decoding (the proxy's model: the base model unless named)."""
+    return probed_judge(args, out / "judgments" / f"{args.judge}.jsonl", args.base_model, args.device)
 
 
 def judge_all(args: EvalArguments, judge, prompts: list[dict], generations: dict[str, dict[str, dict]]):

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from pipeline.jsonl import read_rows
-from pipeline.runfolder import writing
+from pipeline.runfolder import publish
 from pipeline.shards import ShardError
 
 
@@ -39,9 +38,5 @@ def merge(folder: Path, count: int, expected: set[str]) -> list[Path]:
             raise ShardError(f"{name}: {len(lacking)} prompts have no answer yet (e.g. {sorted(lacking)[0]}); "
                              "rerun the shards that own them")
         target = folder / f"{name}.jsonl"
-        tmp = target.with_suffix(".tmp")
-        with writing(tmp):
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-            os.replace(tmp, target)
-        merged.append(target)
+        merged.append(publish(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)))
     return merged

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -263,3 +264,30 @@ def make_judge(kind: str, cache: JudgmentCache, *, proxy_reference: str, judge_m
     if kind == "proxy":
         return ProxyJudge(proxy_reference, cache, device=device)
     raise JudgeError(f"unknown judge {kind!r}: proxy or openai")
+
+
+@dataclass
+class JudgeArguments:
+    """The judge's flags, as eval and preference sampling (eval.pairs, finetune.prefopt) take them."""
+
+    judge: str = field(default="proxy", metadata={"help": "proxy (offline, labelled as such) or openai"})
+    judge_model: str = field(default="gpt-4o", metadata={"help": "for the openai judge"})
+    judge_base_url: str | None = field(default=None, metadata={"help": "any OpenAI-compatible endpoint"})
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_concurrency: int = 16
+    max_judge_failures: float = field(default=0.05, metadata={
+        "help": "share of the pairs (of a table's row; of the samples) the judge may fail on, an error after retries "
+                "or a reply that is neither A nor B, before the run stops; failed pairs are counted, never scored "
+                "as ties, and asked again on the next run"})
+    proxy_reference: str | None = field(default=None, metadata={
+        "help": "the proxy judge's likelihood model (default: eval's base model; the embedded model for sampling)"})
+
+
+def probed_judge(args: JudgeArguments, cache: Path, proxy_reference: str, device: str | None = None):
+    """The judge `args` name (judgments cached in `cache`), probed: a missing key, an unreachable URL or an unknown
+    model stops the run here, before anything is decoded. `proxy_reference`: the proxy's model unless args name one."""
+    judge = make_judge(args.judge, JudgmentCache(cache), proxy_reference=args.proxy_reference or proxy_reference,
+                       judge_model=args.judge_model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
+                       concurrency=args.judge_concurrency, device=device)
+    judge.probe()
+    return judge

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 from dataclasses import dataclass, field
@@ -31,17 +30,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from interpreter import LOOPING, Engine, Options, load_model, measure, repetition
+from interpreter import EMBEDDED_MODEL, LOOPING, Engine, Options, load_model, measure, repetition
 
 from .dataset import load_splits, split
 from .jsonl import append_rows, read_rows
-from .judges import JudgmentCache, check_failures, make_judge
-from .runfolder import writing
+from .judges import JudgeArguments, check_failures, probed_judge
+from .runfolder import publish, writing
 from .shards import ShardError, parse_shard, shard_path
 
 
 @dataclass
-class PreferenceArguments:
+class PreferenceArguments(JudgeArguments):
     """How preference pairs are sampled, judged and chosen (no field of TrainingArguments or ModelConfig, which
     finetune.prefopt parses beside it)."""
 
@@ -67,14 +66,6 @@ class PreferenceArguments:
     stop_loops: bool = field(default=False, metadata={
         "help": "end a sample's thread when it falls into a loop (Options.stop_loops): a stopped loop counts as "
                 "broken too, and sampling does not spend the budget on it"})
-    judge: str = field(default="proxy", metadata={"help": "proxy (offline) or openai"})
-    judge_model: str = "gpt-4o"
-    judge_base_url: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    proxy_reference: str = "smollm2-135m-instruct"
-    max_judge_failures: float = field(default=0.05, metadata={
-        "help": "share of the samples the judge may fail on (left out of the pairs, never scored as ties) before "
-                "the run stops"})
     device: str | None = None
     sampling_seed: int = field(default=0, metadata={
         "help": "answer j of a prompt is drawn with seed sampling_seed·100003 + j (finetune.check's convention)"})
@@ -174,10 +165,7 @@ def sample_pairs(args: PreferenceArguments, policy: str, out: Path, lambdas: lis
     prompts = load_prompts(args)
     # probed before any sampling, in a worker too (the merge judges what it draws): a judge that cannot answer stops
     # the run now, not after hours of decoding
-    judge = make_judge(args.judge, JudgmentCache(out / f"judgments-{args.judge}.jsonl"),
-                       proxy_reference=args.proxy_reference, judge_model=args.judge_model,
-                       base_url=args.judge_base_url, api_key_env=args.judge_api_key_env, device=args.device)
-    judge.probe()
+    judge = probed_judge(args, out / f"judgments-{args.judge}.jsonl", EMBEDDED_MODEL, args.device)
     if shard:
         return _draw_shard(args, policy, out, prompts, dtype, *shard)
     # drawn here, the policy is freed before the judge loads its model (the proxy's: on first use)
@@ -282,18 +270,10 @@ def _pairs(args: PreferenceArguments, judge, policy: str, out: Path, prompts: li
     for lam in [float(x) for x in lambdas]:  # a recipe's "inf" arrives as text
         pairs = pairs_for(samples, lam, args.repaired)
         name = lambda_name(lam)
-        _publish(out / f"pairs-l{name}.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+        publish(out / f"pairs-l{name}.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
         summary["lambdas"][name] = {
             "pairs": len(pairs),
             "chosen_speedup": sum(p["chosen_speedup"] for p in pairs) / max(1, len(pairs)),
             "chosen_quality": sum(p["chosen_quality"] for p in pairs) / max(1, len(pairs))}
-    _publish(out / "summary.json", json.dumps(summary, indent=1))
+    publish(out / "summary.json", json.dumps(summary, indent=1))
     return summary
-
-
-def _publish(path: Path, text: str) -> None:
-    """Writes `path` whole or not at all."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with writing(tmp):
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)

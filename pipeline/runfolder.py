@@ -35,6 +35,26 @@ def writing(path: str | os.PathLike):
                          "is kept: fix that and run the same command again") from None
 
 
+def publish(path: str | os.PathLike, text: str) -> Path:
+    """Writes `path` whole or not at all: a temporary file of this process beside it, synced, then renamed over it
+    (removed if anything fails). Raises WriteError naming the file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def slug(name: str) -> str:
     """`name` (a model id, a path) as one file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
