@@ -67,7 +67,7 @@ def annotate_records(cfg, records, cache_dir: Path) -> tuple[list[dict], Counter
     rows = []
     for record in ready:
         verdict = check_reply(replies[record.id], record.answer, tokenizer, cfg.tokens_granularity, cfg.min_blocks,
-                              cfg.max_blocks)
+                              cfg.max_blocks, cfg.max_block_repetition)
         counts.update(f"fix:{fix}" for fix in verdict.fixes)
         teacher.record_verdict(record, verdict.rule)
         if verdict.rule:

@@ -67,6 +67,9 @@ class DataGenConfig:
     max_blocks: int = _help("most blocks an annotated answer may have", 12)
     no_parallel_share: float = _help("largest share of the kept set that may have no blocks at all", 0.2)
     max_repetition: float = _help("drop answers whose share of repeated word 4-grams is above this", LOOPING)
+    max_block_repetition: float = _help("drop annotations whose blocks repeat one another: a topic given twice, or a "
+                                        "share of the blocks' word 3-grams held by a sibling block above this "
+                                        "(1: keep them)", 1.0)
 
     # Output
     test_size: float = _help("share of the kept examples in the test split", 0.05)
@@ -109,7 +112,7 @@ class DataGenConfig:
                 raise ValueError(f"--{name} must be at least 1, not {getattr(self, name)}")
         if not 0 <= self.min_blocks <= self.max_blocks:
             raise ValueError(f"--min_blocks ({self.min_blocks}) must be between 0 and --max_blocks ({self.max_blocks})")
-        for name in ("no_parallel_share", "test_size", "max_repetition", "answer_top_p"):
+        for name in ("no_parallel_share", "test_size", "max_repetition", "max_block_repetition", "answer_top_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name} must be between 0 and 1, not {getattr(self, name)}")
         if self.max_examples is not None and self.max_examples < 1:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from interpreter import Document, PastaSyntaxError, make_document, measure, parse, render, repetition
+from interpreter import (Document, PastaSyntaxError, cross_block_repetition, make_document, measure, parse, render,
+                         repetition)
 
 from .promises import Measured, measured
 
@@ -29,6 +30,8 @@ RULES = {
     "empty-block": "a block holds no text",
     "too-few-blocks": "fewer blocks than min_blocks (but not zero)",
     "too-many-blocks": "more blocks than max_blocks",
+    "repeated-blocks": "blocks repeat one another: two promises give one topic (list numbers aside), or the share of "
+                       "the blocks' word 3-grams that a sibling block holds is above max_block_repetition",
     "no-parallelism-over-share": "an answer with no blocks beyond the no_parallel_share of the kept set",
 }
 FIXES = {
@@ -106,11 +109,19 @@ def _read(text: str, original: str) -> Document | Verdict:
     return doc if doc.stripped == original else Verdict(rule="changed-text")
 
 
+def blocks_repeat(doc: Document, max_block_repetition: float) -> bool:
+    """Whether an answer's blocks repeat one another. A block sees its own promise's topic and no sibling, so a
+    student taught on such answers writes one topic, then one block, again and again."""
+    topics = [re.sub(r"^\d+\.\s*", "", p.topic).lower() for p in doc.promises]
+    shared = cross_block_repetition([b.text for b in doc.blocks])
+    return len(set(topics)) < len(topics) or (shared or 0.0) > max_block_repetition
+
+
 def check_reply(reply: str | Measured | None, original: str, tokenizer, granularity: int = 10, min_blocks: int = 1,
-                max_blocks: int = 12) -> Verdict:
+                max_blocks: int = 12, max_block_repetition: float = 1.0) -> Verdict:
     """Checks a teacher's reply against the original answer (one that `check_answer` passed); a kept reply gets
     true promise lengths and its costs. A Measured reply (the structural teacher's) holds them already, under
-    the same tokenizer and granularity."""
+    the same tokenizer and granularity. `max_block_repetition` 1 (the default) keeps repeated topics and blocks."""
     if reply is None:
         return Verdict(rule="teacher-failed")
     if isinstance(reply, Measured):
@@ -135,6 +146,8 @@ def check_reply(reply: str | Measured | None, original: str, tokenizer, granular
         return Verdict(rule="too-few-blocks", fixes=fixes)
     if n > max_blocks:
         return Verdict(rule="too-many-blocks", fixes=fixes)
+    if max_block_repetition < 1 and blocks_repeat(doc, max_block_repetition):
+        return Verdict(rule="repeated-blocks", fixes=fixes)
     if isinstance(reply, Measured):
         return Verdict(reply, fixes=fixes)
     kept, changed = measured(doc, tokenizer, granularity)

@@ -13,6 +13,11 @@ would break an open promise tag is replaced by the likeliest token that writes t
 piece (`" tokens="`, a digit, `"/>`), so a tag once opened is finished, not dropped (redrawing there
 lengthened the last word instead: `book` became `bookshelves-and`). Elsewhere, when the redraws find
 no valid token, the same closing pieces are the last resort.
+
+With the tag pieces as added tokens, a promise's inner pieces (`" tokens="`, and `"/>` where the tokenizer did
+not hold it already) are tokens a student has only seen inside a promise tag; drawn anywhere else they are text
+to the language but a leak to the reader (`3. Research" tokens="30"/>` in a block), so the guard takes them only
+inside an open promise.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from .layout import MAIN, encode
 from .tags import BLOCK_TAGS, MAIN_TAGS, may_take
 
 TOPIC_WORDS = 4  # a list number and three words: each is a step on main's critical path (the teacher writes up to 6)
-CLOSING_PIECES = ('" tokens="', '"/>', "</async>", "<sync/>", *"0123456789")
+INNER_PIECES = ('" tokens="', '"/>')  # what a promise tag holds after its topic
+CLOSING_PIECES = (*INNER_PIECES, "</async>", "<sync/>", *"0123456789")
 
 
 class TagGuard:
@@ -35,6 +41,8 @@ class TagGuard:
         self.closers = torch.tensor(sorted({t for p in CLOSING_PIECES for t in encode(tokenizer, p)}))
         self.quoted = {t for t in self.closers.tolist() if tokenizer.decode([t]).lstrip().startswith(('"', "<"))}
         self._has_lt: dict[int, bool] = {}
+        added = tokenizer.get_added_vocab()
+        self.inner = {added[p] for p in INNER_PIECES if p in added}  # only with the tag pieces as added tokens
 
     def _may_open_tag(self, token: int) -> bool:
         if token not in self._has_lt:
@@ -44,6 +52,8 @@ class TagGuard:
     def allows(self, thread, token: int) -> bool:
         kinds = MAIN_TAGS if thread.tid == MAIN else BLOCK_TAGS
         pending = thread.lexer.pending
+        if token in self.inner and not pending.startswith("<promise"):
+            return False
         if token in self.end_ids:  # main may end unless a tag is half written; a block ends with </async>
             return thread.tid == MAIN and may_take(pending, "", kinds, end=True)
         if not pending and not self._may_open_tag(token):

@@ -48,6 +48,20 @@ def test_block_count_bounds():
     assert check(GOOD, min_blocks=2, max_blocks=2).rule is None
 
 
+def test_blocks_that_repeat_one_another_are_rejected_when_asked():
+    """A block sees only its own topic: a student taught on answers whose items repeat writes one item again
+    and again. Repeated topics (list numbers aside) or blocks sharing their 3-grams are dropped on request."""
+    twice = GOOD.replace(P("water"), P("2. Sleep")).replace(P("sleep"), P("1. sleep"))
+    assert check(twice).rule is None  # kept by default
+    assert check(twice, max_block_repetition=0.9).rule == "repeated-blocks"
+    assert check(GOOD, max_block_repetition=0.0).rule is None  # distinct topics, no shared 3-gram
+    same = "Tips:\n1. Sleep well every night now.\n2. Sleep well every night too.\nDone."
+    echo = (f"Tips:{P('sleep')}<async>\n1. Sleep well every night now.</async>{P('rest')}<async>\n2. Sleep well "
+            "every night too.</async><sync/>\nDone.")
+    assert check(echo, same, max_block_repetition=0.5).rule == "repeated-blocks"  # 4 of 5 3-grams shared
+    assert check(echo, same, max_block_repetition=0.9).rule is None
+
+
 def test_tokens_are_rewritten_to_the_true_block_length_rounded_up():
     tok = bpe_tokenizer()
     for granularity in (1, 10, 25):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny import bpe_tokenizer, tiny_model
 
-from interpreter import Engine, Options, encode, parse, turn_end_id
+from interpreter import Engine, Options, add_tag_tokens, encode, parse, turn_end_id
 from interpreter.detok import Detokenizer
 from interpreter.guard import TOPIC_WORDS, TagGuard
 from interpreter.request import Thread
@@ -139,3 +139,17 @@ def test_valid_tags_are_left_alone(engine):
 def test_sequential_mode_is_never_guarded(engine):
     r = engine.generate(engine.prompt_ids("Q"), mode="sequential", source=Wishful(engine.tokenizer, "A</async>B"))
     assert r.text == "A</async>B" and r.steered == 0
+
+
+def test_a_promise_piece_as_added_token_stays_inside_a_promise():
+    """A tag-token student writes `Research" tokens="30"/>` in a block now and then: the added token
+    `" tokens="` is taken only inside a promise tag, where it still closes the topic."""
+    tok = bpe_tokenizer()
+    add_tag_tokens(tok)
+    tagged = Engine(tiny_model("llama", len(tok)), tok)
+    main, block = f'A{P.format("x")}<sync/>B" tokens="C', 'y" tokens="5"/>w</async>'
+    unguarded = wish(tagged, main, [block], guard_tags=False)
+    assert unguarded.text.count('" tokens="') == 2
+    r = wish(tagged, main, [block])
+    assert '" tokens="' not in r.text and r.text.startswith("Ay5")
+    assert r.threads == 1 and r.repairs == [] and r.steered >= 2
