@@ -216,6 +216,9 @@ def check(args: CheckArguments) -> dict:
         "split": args.prompts or args.split, "answers": len(answers),
         "samples": args.samples, "temperature": args.temperature,
         "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
+        # the budget's cut and a stopped loop are repairs too: these are the answers the model ended itself
+        "repair_free_share_finished": round(sum(not a["repairs"] for a in finished) / len(finished), 4)
+        if finished else None,
         "prompts_with_reference_blocks": len({a["id"] for a in with_blocks}),
         "promise_share": round(sum(a["threads"] > 0 for a in with_blocks) / len(with_blocks), 4)
         if with_blocks else None,

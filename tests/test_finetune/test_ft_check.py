@@ -33,6 +33,8 @@ def test_summary_separates_answers_cut_by_the_budget(run):
     assert summary["cut_at_max_new_tokens"] == 4 - len(finished)
     assert summary["mean_theoretical_speedup_finished"] == (round(sum(finished) / len(finished), 4) if finished
                                                             else None)
+    ended = [not a["repairs"] for a in answers if a["finish_reason"] == "stop"]
+    assert summary["repair_free_share_finished"] == (round(sum(ended) / len(ended), 4) if ended else None)
 
 
 def test_held_out_prompts_leave_out_what_the_dataset_holds(run, tmp_path):
