@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pasta-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint dataset finetune finetune-pair check eval prefopt demo demo-full bench
+.PHONY: setup test test-fast lint dataset finetune finetune-pair check check-full eval prefopt demo demo-full bench
 
 # Each stage's recipe and extra flags (flags override the recipe), e.g. make finetune FINETUNE_ARGS="--num_train_epochs 2"
 DATASET_CONFIG ?= configs/demo/dataset.yaml
@@ -66,7 +66,7 @@ demo: setup
 	$(MAKE) --no-print-directory dataset finetune eval && \
 	echo "make demo: done in $$(( $$(date +%s) - start )) s"
 
-# the longer recipe (docs/finetune.md, the full demo): all seed instructions, tag tokens, 2 epochs; the two
+# the longer recipe (docs/finetune.md, the full demo): all seed instructions, tag tokens, 3 epochs; the two
 # variants train side by side on a thread each, then sequential and PASTA are timed on held-out prompts
 FULL := configs/demo-full
 demo-full: setup
@@ -75,6 +75,10 @@ demo-full: setup
 	$(MAKE) --no-print-directory finetune-pair FINETUNE_CONFIG=$(FULL)/smollm2-sft.yaml && \
 	$(MAKE) --no-print-directory eval EVAL_CONFIG=$(FULL)/eval.yaml && \
 	echo "make demo-full: done in $$(( $$(date +%s) - start )) s"
+
+# the full demo's student on its dataset's test split, decoded as the full demo's evaluation decodes
+check-full: setup
+	$(MAKE) --no-print-directory check RUN_DIR=runs/demo-full CHECK_ARGS="--dtype bfloat16 --stop_loops true $(CHECK_ARGS)"
 
 bench: setup
 	$(PY) -m interpreter bench --model smollm2-135m-instruct --dtype bfloat16 --repeats 1 --warmup 1 \

@@ -9,8 +9,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from interpreter import (Document, PastaSyntaxError, cross_block_repetition, make_document, measure, parse, render,
-                         repetition)
+from interpreter import (
+    Document,
+    PastaSyntaxError,
+    cross_block_repetition,
+    make_document,
+    measure,
+    parse,
+    render,
+    repetition,
+)
 
 from .promises import Measured, measured
 

@@ -89,7 +89,7 @@ def pareto_plot(rows: list[dict], path: Path, judge_label: str, prompts: str = "
     ax.axvline(1, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("wall-clock speedup over sequential (geometric mean)")
     ax.set_ylabel(f"{ADJUSTED}\nvs sequential baseline (%)")
-    ax.set_title(f"Quality vs speed{' on ' + prompts if prompts else ''} — judge: {judge_label}", fontsize=10)
+    ax.set_title(f"Quality vs speed{' on ' + prompts if prompts else ''}\njudge: {judge_label}", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
