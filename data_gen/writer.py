@@ -44,12 +44,17 @@ def features():
 
 
 def split(rows: list[dict], test_size: float) -> tuple[list[dict], list[dict]]:
-    """Test rows are those with the smallest ids (ids are hashes): stable as the set grows."""
-    rows = sorted(rows, key=lambda r: r["id"])
+    """Test rows are those with the smallest ids (ids are hashes), taken from the answers with blocks and those
+    without in proportion: stable as the set grows, and a test split that forks as often as the whole set (the
+    answers without blocks that `keep_share` keeps are the smallest ids too, and took the test split over)."""
     n_test = round(len(rows) * test_size)
     if test_size > 0 and len(rows) >= 2:
         n_test = min(max(n_test, 1), len(rows) - 1)
-    return rows[n_test:], rows[:n_test]
+    plain = sorted((r for r in rows if not r["blocks"]), key=lambda r: r["id"])
+    forked = sorted((r for r in rows if r["blocks"]), key=lambda r: r["id"])
+    n_plain = min(round(n_test * len(plain) / len(rows)), len(plain)) if rows else 0
+    n_forked = min(n_test - n_plain, len(forked))
+    return forked[n_forked:] + plain[n_plain:], forked[:n_forked] + plain[:n_plain]
 
 
 def speedup_stats(rows: list[dict]) -> dict:

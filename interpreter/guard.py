@@ -8,8 +8,8 @@ answer keeps the model's own choices wherever they were valid. Text with no tag 
 pending or drawn) takes a fast path. Replays of stored sequences are never guarded.
 
 A model that has learned to open a promise but not yet to close it writes its topic on and on
-(`<promise topic="1. **1. **...`): the guard holds a topic to `topic_words` words, and a token that
-would break an open promise tag is replaced by the likeliest token that writes the tag's next fixed
+(`<promise topic="1. **1. **...`): the guard holds a topic to `topic_words` words and a length to
+`tokens_digits` digits, and a token that would break an open promise tag is replaced by the likeliest token that writes the tag's next fixed
 piece (`" tokens="`, a digit, `"/>`), so a tag once opened is finished, not dropped (redrawing there
 lengthened the last word instead: `book` became `bookshelves-and`). Elsewhere, when the redraws find
 no valid token, the same closing pieces are the last resort.
@@ -28,16 +28,19 @@ from .layout import MAIN, encode
 from .tags import BLOCK_TAGS, MAIN_TAGS, may_take
 
 TOPIC_WORDS = 4  # a list number and three words: each is a step on main's critical path (the teacher writes up to 6)
+TOKENS_DIGITS = 3  # under 1000: main's position jumps by `tokens`, and a student's `7000`s ran past the model's 8192
 INNER_PIECES = ('" tokens="', '"/>')  # what a promise tag holds after its topic
 CLOSING_PIECES = (*INNER_PIECES, "</async>", "<sync/>", *"0123456789")
 
 
 class TagGuard:
-    def __init__(self, tokenizer, end_ids: set[int], tries: int = 64, topic_words: int = TOPIC_WORDS):
+    def __init__(self, tokenizer, end_ids: set[int], tries: int = 64, topic_words: int = TOPIC_WORDS,
+                 tokens_digits: int = TOKENS_DIGITS):
         self.tokenizer = tokenizer
         self.end_ids = end_ids
         self.tries = tries  # masked redraws before the guard turns to the closing pieces
         self.topic_words = topic_words
+        self.tokens_digits = tokens_digits
         self.closers = torch.tensor(sorted({t for p in CLOSING_PIECES for t in encode(tokenizer, p)}))
         self.quoted = {t for t in self.closers.tolist() if tokenizer.decode([t]).lstrip().startswith(('"', "<"))}
         self._has_lt: dict[int, bool] = {}
@@ -58,7 +61,8 @@ class TagGuard:
             return thread.tid == MAIN and may_take(pending, "", kinds, end=True)
         if not pending and not self._may_open_tag(token):
             return True
-        return may_take(pending, thread.detok.peek(token), kinds, topic_words=self.topic_words)
+        return may_take(pending, thread.detok.peek(token), kinds, topic_words=self.topic_words,
+                        tokens_digits=self.tokens_digits)
 
     def choose(self, row: torch.Tensor, thread, token: int, sampler) -> tuple[int, bool]:
         """The drawn token if valid; inside an open promise tag, else the likeliest valid closing piece;

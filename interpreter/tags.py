@@ -236,10 +236,11 @@ _SPACE = r"(?:\s{1,3})"  # bounded, so that a model cannot pad a tag with whites
 
 
 @functools.lru_cache
-def _canonical(kind: str, topic_words: int) -> regex.Pattern:
+def _canonical(kind: str, topic_words: int, tokens_digits: int) -> regex.Pattern:
     if kind == PROMISE:
         topic = rf"{_SPACE}?{_WORD}(?:{_SPACE}{_WORD}){{0,{topic_words - 1}}}{_SPACE}?"
-        return regex.compile(rf'<promise{_SPACE}topic="{topic}"{_SPACE}tokens="[1-9][0-9]{{0,5}}"{_SPACE}?/>')
+        length = rf"[1-9][0-9]{{0,{tokens_digits - 1}}}"
+        return regex.compile(rf'<promise{_SPACE}topic="{topic}"{_SPACE}tokens="{length}"{_SPACE}?/>')
     return regex.compile({SYNC: rf"<sync{_SPACE}?/>", ASYNC_CLOSE: r"</async>"}[kind])
 
 
@@ -265,14 +266,14 @@ def _off_limits(text: str, kinds: tuple[str, ...]) -> bool:
 
 
 def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False,
-             topic_words: int = MAX_TOPIC_WORDS) -> bool:
+             topic_words: int = MAX_TOPIC_WORDS, tokens_digits: int = 6) -> bool:
     """Whether a thread whose lexer holds `pending` can take `piece` (and then end, if `end`) and still
     write only valid tags of `kinds`: no bad tag, no tag of another kind, and a tag being written that
     can still be completed. Stricter than the lexer in one way: a name that starts with a Pasta-Lang
     name, or with `prom`, is taken for a tag, so that a model kept from writing `<promise` inside a
     block cannot write `<promises` or `<promis defines` instead, and stops at `<prom` (text such as
     `<asyncio>` or `<prompt>` is lost to the guard, not to the language). A promise's topic may be held
-    to fewer words than the language allows (`topic_words`)."""
+    to fewer words than the language allows (`topic_words`), and its length to `tokens_digits` digits."""
     text = pending + piece
     if _off_limits(text, kinds):
         return False
@@ -284,4 +285,4 @@ def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False
     name = _OPENER.match(rest) if rest else None
     if name is None or (name.end() == len(rest) and name.group(1) not in NAMES):
         return True  # nothing pending, or a name that may still turn out to be ordinary text
-    return any(_canonical(k, topic_words).fullmatch(rest, partial=True) for k in kinds)
+    return any(_canonical(k, topic_words, tokens_digits).fullmatch(rest, partial=True) for k in kinds)

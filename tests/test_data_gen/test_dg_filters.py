@@ -3,6 +3,7 @@
 import pytest
 from tiny import WordTokenizer, bpe_tokenizer
 
+from data_gen import writer
 from data_gen.answers import trim_cut_answer
 from data_gen.filters import check_answer, check_reply, keep_share, unwrap_fence
 from data_gen.promises import round_up
@@ -142,3 +143,13 @@ def test_plain_examples_are_kept_up_to_their_share():
     assert keep_share(forked, plain, 0.2) == (["a", "b"], ["c", "d", "e"])  # 2 of 10 kept
     assert keep_share(forked, plain, 0.0) == ([], plain)
     assert keep_share(forked, plain, 1.0) == (plain, [])
+
+
+def test_the_test_split_forks_as_often_as_the_kept_set():
+    """keep_share keeps the answers without blocks of smallest id, and the test split is taken by id too: it
+    must not end up all plain (12 of 15 in the full demo's dataset, where a fifth of the set is plain)."""
+    rows = [{"id": f"{i:03d}", "blocks": 0 if i < 20 else 3} for i in range(100)]
+    train, test = writer.split(rows, 0.1)
+    assert len(test) == 10 and sum(not r["blocks"] for r in test) == 2
+    assert sorted(r["id"] for r in train + test) == [r["id"] for r in rows]
+    assert writer.split(list(reversed(rows)), 0.1)[1] == test  # stable: by id, not by order

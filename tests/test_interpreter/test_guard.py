@@ -3,11 +3,11 @@ model that writes valid tags gets exactly its own answer."""
 
 import pytest
 import torch
-from tiny import bpe_tokenizer, tiny_model
+from tiny import bpe_tokenizer, tag_token_tokenizer, tiny_model
 
-from interpreter import Engine, Options, add_tag_tokens, encode, parse, turn_end_id
+from interpreter import Engine, Options, encode, parse, turn_end_id
 from interpreter.detok import Detokenizer
-from interpreter.guard import TOPIC_WORDS, TagGuard
+from interpreter.guard import TOKENS_DIGITS, TOPIC_WORDS, TagGuard
 from interpreter.request import Thread
 from interpreter.sampling import Sampler
 from interpreter.tags import BLOCK_TAGS, MAIN_TAGS, may_take
@@ -119,6 +119,23 @@ def test_a_topic_that_will_not_end_is_closed_with_the_likeliest_closing_piece(en
     assert guard.choose(row, main, spaced[0], Sampler(Options(), "cpu")) == (quote, True)
 
 
+def test_a_promised_length_is_held_to_three_digits(engine):
+    """A student wrote `tokens="7000"`: main's next position jumps by the promised length, past what the model
+    knows. The guard takes no digit past the third and closes the tag instead."""
+    tok = engine.tokenizer
+    guard = TagGuard(tok, engine.end_ids, tries=4)
+    main = Thread(0, Detokenizer(tok))
+    main.lexer.feed('<promise topic="a" tokens="' + "7" * (TOKENS_DIGITS - 1))
+    zero = encode(tok, "0")[0]
+    assert guard.allows(main, zero)
+    main.lexer.feed("0")
+    assert not guard.allows(main, zero)
+    row = torch.full((len(tok),), -10.0)
+    row[zero] = 5.0
+    chosen, steered = guard.choose(row, main, zero, Sampler(Options(), "cpu"))
+    assert steered and tok.decode([chosen]).startswith('"')  # the tag's closing quote
+
+
 def test_a_block_cannot_nest_or_end_the_answer(engine):
     main, block = f"A{P.format('x')}<sync/>C", f"y{P.format('z')}w"
     unguarded = wish(engine, main, [block], block_ends=True, guard_tags=False)
@@ -144,8 +161,7 @@ def test_sequential_mode_is_never_guarded(engine):
 def test_a_promise_piece_as_added_token_stays_inside_a_promise():
     """A tag-token student writes `Research" tokens="30"/>` in a block now and then: the added token
     `" tokens="` is taken only inside a promise tag, where it still closes the topic."""
-    tok = bpe_tokenizer()
-    add_tag_tokens(tok)
+    tok = tag_token_tokenizer()  # a copy: bpe_tokenizer() is shared by every test
     tagged = Engine(tiny_model("llama", len(tok)), tok)
     main, block = f'A{P.format("x")}<sync/>B" tokens="C', 'y" tokens="5"/>w</async>'
     unguarded = wish(tagged, main, [block], guard_tags=False)
