@@ -7,12 +7,12 @@ against the thread's lexer (`tags.may_take`: main writes promises and syncs, a b
 answer keeps the model's own choices wherever they were valid. Text with no tag in reach (no `<`
 pending or drawn) takes a fast path. Replays of stored sequences are never guarded.
 
-A model that has learned to open a promise but not yet to close it writes its topic on and on
-(`<promise topic="1. **1. **...`): the guard holds a topic to `topic_words` words and a length to
-`tokens_digits` digits, and a token that would break an open promise tag is replaced by the likeliest token that writes the tag's next fixed
-piece (`" tokens="`, a digit, `"/>`), so a tag once opened is finished, not dropped (redrawing there
-lengthened the last word instead: `book` became `bookshelves-and`). Elsewhere, when the redraws find
-no valid token, the same closing pieces are the last resort.
+A model that has learned to open a promise but not yet to close it writes its topic on and on (`<promise
+topic="1. **1. **...`): the guard holds a topic to `topic_words` words and a length to `tokens_digits`
+digits, and a token that would break an open promise tag is replaced by the likeliest token that writes
+the tag's next fixed piece (`" tokens="`, a digit, `"/>`), so a tag once opened is finished, not dropped
+(redrawing there lengthened the last word instead: `book` became `bookshelves-and`). Elsewhere, when the
+redraws find no valid token, the same closing pieces are the last resort.
 
 With the tag pieces as added tokens, a promise's inner pieces (`" tokens="`, and `"/>` where the tokenizer did
 not hold it already) are tokens a student has only seen inside a promise tag; drawn anywhere else they are text
