@@ -50,9 +50,9 @@ def split(rows: list[dict], test_size: float) -> tuple[list[dict], list[dict]]:
     n_test = round(len(rows) * test_size)
     if test_size > 0 and len(rows) >= 2:
         n_test = min(max(n_test, 1), len(rows) - 1)
-    plain = sorted((r for r in rows if not r["blocks"]), key=lambda r: r["id"])
-    forked = sorted((r for r in rows if r["blocks"]), key=lambda r: r["id"])
-    n_plain = min(round(n_test * len(plain) / len(rows)), len(plain)) if rows else 0
+    rows = sorted(rows, key=lambda r: r["id"])
+    forked, plain = [r for r in rows if r["blocks"]], [r for r in rows if not r["blocks"]]
+    n_plain = min(round(n_test * len(plain) / max(len(rows), 1)), len(plain))
     n_forked = min(n_test - n_plain, len(forked))
     return forked[n_forked:] + plain[n_plain:], forked[:n_forked] + plain[:n_plain]
 

@@ -16,6 +16,7 @@ import regex
 NAMES = ("promise", "async", "sync")
 MAX_TAG_CHARS = 300  # a Pasta-Lang tag longer than this is reported as unterminated
 MAX_TOPIC_WORDS = 8
+CANONICAL_TOKENS_DIGITS = 6  # the longest length the canonical form writes (the language itself sets none)
 
 PROMISE = "promise"
 ASYNC_OPEN = "async"
@@ -266,7 +267,7 @@ def _off_limits(text: str, kinds: tuple[str, ...]) -> bool:
 
 
 def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False,
-             topic_words: int = MAX_TOPIC_WORDS, tokens_digits: int = 6) -> bool:
+             topic_words: int = MAX_TOPIC_WORDS, tokens_digits: int = CANONICAL_TOKENS_DIGITS) -> bool:
     """Whether a thread whose lexer holds `pending` can take `piece` (and then end, if `end`) and still
     write only valid tags of `kinds`: no bad tag, no tag of another kind, and a tag being written that
     can still be completed. Stricter than the lexer in one way: a name that starts with a Pasta-Lang
