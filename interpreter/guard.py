@@ -18,6 +18,10 @@ With the tag pieces as added tokens, a promise's inner pieces (`" tokens="`, and
 not hold it already) are tokens a student has only seen inside a promise tag; drawn anywhere else they are text
 to the language but a leak to the reader (`3. Research" tokens="30"/>` in a block), so the guard takes them only
 inside an open promise.
+
+Main begins a promise only while the answer's budget has room for one like its last (`Thread.may_promise`,
+which the request sets): a student that sees its list as topics only promised more items than
+`max_new_tokens` holds, and the last blocks were cut.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from __future__ import annotations
 import torch
 
 from .layout import MAIN, encode
-from .tags import BLOCK_TAGS, MAIN_TAGS, may_take
+from .tags import BLOCK_TAGS, MAIN_TAGS, SYNC, may_take
 
 TOPIC_WORDS = 4  # a list number and three words: each is a step on main's critical path (the teacher writes up to 6)
 TOKENS_DIGITS = 3  # under 1000: main's position jumps by `tokens`, and a student's `7000`s ran past the model's 8192
 INNER_PIECES = ('" tokens="', '"/>')  # what a promise tag holds after its topic
-CLOSING_PIECES = (*INNER_PIECES, "</async>", "<sync/>", *"0123456789")
+# ' tokens="' too: a topic closed by a plain `"` (`Arrive="`) needs the rest of the piece when `" tokens="` is one token
+NO_PROMISE = (SYNC,)  # main's tags once the budget has no room for another promise
+CLOSING_PIECES = (*INNER_PIECES, ' tokens="', "</async>", "<sync/>", *"0123456789")
 
 
 class TagGuard:
@@ -53,7 +59,7 @@ class TagGuard:
         return self._has_lt[token]
 
     def allows(self, thread, token: int) -> bool:
-        kinds = MAIN_TAGS if thread.tid == MAIN else BLOCK_TAGS
+        kinds = (MAIN_TAGS if thread.may_promise else NO_PROMISE) if thread.tid == MAIN else BLOCK_TAGS
         pending = thread.lexer.pending
         if token in self.inner and not pending.startswith("<promise"):
             return False

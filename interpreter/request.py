@@ -19,7 +19,7 @@ import torch
 
 from .detok import Detokenizer
 from .kv import Feed
-from .layout import MAIN, LayoutRecorder, ThreadLayout
+from .layout import MAIN, LayoutRecorder, ThreadLayout, encode
 from .options import Options, Result
 from .parser import make_block, make_document, make_sync, render
 from .repetition import LOOP_TAIL, loops
@@ -43,6 +43,7 @@ class Thread:
         self.forks: list[Tag] = []  # main: promises completed by the token in `feed`
         self.sync_next = False  # main: the token in `feed` completes a sync
         self.held: int | None = None  # main: token drawn after a sync, fed once the blocks end
+        self.may_promise = True  # main: whether the budget has room for another promise (the guard's rule)
 
     def text(self) -> str:
         return "".join(i[1] for i in self.items if i[0] == "text")
@@ -82,6 +83,8 @@ class Request:
         self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
         self.blocks: list[Thread] = []
         self.promised = 0  # promises accepted (blocks forked or about to be)
+        self.promises: list[tuple] = []  # their items in main.items
+        self.last_tag_tokens = 0  # main's tokens for the last promise tag (guarded decoding only)
         self.total = 0  # tokens drawn by all threads
         self.forced = 0  # forced <async> tokens
         self.steered = self.looped = self.steps = 0
@@ -230,6 +233,8 @@ class Request:
             self.logits += [(th.tid, rows[i].float().clone()) for i, th in enumerate(threads)]
         for i, (th, token) in enumerate(zip(threads, self.source.draw(rows, threads))):
             if self.guard is not None:
+                if th.tid == MAIN and not th.lexer.pending.startswith("<promise"):  # a promise begun is finished
+                    th.may_promise = self._room_for_promise()
                 token, steered = self.guard.choose(rows[i], th, token, self.source)
                 self.steered += steered
             if self.trace is not None:
@@ -271,11 +276,29 @@ class Request:
                 self.promised += 1
                 main.forks.append(ev)
                 main.items.append(("promise", ev, self.promised))
+                self.promises.append(main.items[-1])
+                if self.guard is not None:
+                    self.last_tag_tokens = len(encode(self.e.tokenizer, ev.raw))
             elif ev.kind == SYNC:
                 main.items.append(("sync", ev.raw))
                 main.sync_next = True
             else:
                 self._drop(main, f"main: dropped {ev.raw} (only an async thread writes it)")
+
+    def _room_for_promise(self) -> bool:
+        """Whether the budget holds another promise like the last: what no thread has drawn yet, less what
+        the blocks still writing owe (a promise's tokens, less what its block drew), is at least its tag
+        and its N.
+        A promise past that would be cut by max_new_tokens: a student that counts its list's items in
+        topics only, not seeing their text, promised 8 to 11 items of 50 tokens in a 384-token budget."""
+        if not self.promises:
+            return True
+        owed = 0
+        for item in self.promises:
+            block = self._block_of(item)
+            if block is None or block.state in (RUNNING, QUEUED):
+                owed += max(0, item[1].tokens - (block.drawn if block else 0))
+        return self.opts.max_new_tokens - self.total - owed >= self.last_tag_tokens + self.promises[-1][1].tokens
 
     def _main_text(self, main: Thread, text: str) -> None:
         if not text:

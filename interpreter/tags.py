@@ -232,14 +232,15 @@ class Lexer:
 
 # The tags a thread may write, in the canonical form the engine's guard keeps a model to (every string
 # that fully matches is read by `read_tag` as a valid tag of that kind).
-_WORD = r'[^\s"<>]{1,24}'  # a topic word; longer ones are runaway repeats (1.1.1.1.1.1...)
+_WORD = r'[^\s"<>*]{1,24}'  # a topic word; longer ones are runaway repeats (1.1.1.1.1.1...)
 _SPACE = r"(?:\s{1,3})"  # bounded, so that a model cannot pad a tag with whitespace forever
+_TOPIC_SPACE = r"(?: {1,3})"  # a topic is one line
 
 
 @functools.lru_cache
 def _canonical(kind: str, topic_words: int, tokens_digits: int) -> regex.Pattern:
     if kind == PROMISE:
-        topic = rf"{_SPACE}?{_WORD}(?:{_SPACE}{_WORD}){{0,{topic_words - 1}}}{_SPACE}?"
+        topic = rf"{_TOPIC_SPACE}?{_WORD}(?:{_TOPIC_SPACE}{_WORD}){{0,{topic_words - 1}}}{_TOPIC_SPACE}?"
         length = rf"[1-9][0-9]{{0,{tokens_digits - 1}}}"
         return regex.compile(rf'<promise{_SPACE}topic="{topic}"{_SPACE}tokens="{length}"{_SPACE}?/>')
     return regex.compile({SYNC: rf"<sync{_SPACE}?/>", ASYNC_CLOSE: r"</async>"}[kind])
@@ -273,8 +274,10 @@ def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False
     can still be completed. Stricter than the lexer in one way: a name that starts with a Pasta-Lang
     name, or with `prom`, is taken for a tag, so that a model kept from writing `<promise` inside a
     block cannot write `<promises` or `<promis defines` instead, and stops at `<prom` (text such as
-    `<asyncio>` or `<prompt>` is lost to the guard, not to the language). A promise's topic may be held
-    to fewer words than the language allows (`topic_words`), and its length to `tokens_digits` digits."""
+    `<asyncio>` or `<prompt>` is lost to the guard, not to the language). A promise's topic is held to one
+    line of words without `*`, as the dataset writes them (a student copying its list's markdown wrote
+    `topic="1. **1. **1. **1."` and a block that repeated it to the budget), and to fewer words than the
+    language allows (`topic_words`); its length to `tokens_digits` digits."""
     text = pending + piece
     if _off_limits(text, kinds):
         return False

@@ -24,6 +24,9 @@ P = '<promise topic="{}" tokens="5"/>'
     ("", '<promise topic="a" tokens="5"/>', MAIN_TAGS, True),
     ('<promise topic="a b c d e f g h', " i", MAIN_TAGS, False),  # a ninth topic word
     ('<promise topic="a b c d e f g h', '"', MAIN_TAGS, True),
+    ('<promise topic="1.', " **", MAIN_TAGS, False),  # the answer's markdown, not a topic
+    ('<promise topic="1.', "\n", MAIN_TAGS, False),  # a topic is one line
+    ('<promise topic="1.', " Pack", MAIN_TAGS, True),
     ('<promise topic="a" tokens="5"', ">", MAIN_TAGS, False),  # not self-closing
     ('<promise topic="a" tokens="', "0", MAIN_TAGS, False),
     ("", "<sync/>", MAIN_TAGS, True),
@@ -169,3 +172,30 @@ def test_a_promise_piece_as_added_token_stays_inside_a_promise():
     r = wish(tagged, main, [block])
     assert '" tokens="' not in r.text and r.text.startswith("Ay5")
     assert r.threads == 1 and r.repairs == [] and r.steered >= 2
+
+
+def test_a_topic_closed_by_a_plain_quote_is_finished_with_tag_tokens():
+    """A tag-token student closed a topic with the ordinary token `="` (`topic="8. Arrive="50"/>`), after
+    which the added token `" tokens="` no longer fits: the guard writes the rest of it as text."""
+    tok = tag_token_tokenizer()
+    tagged = Engine(tiny_model("llama", len(tok)), tok)
+    main = 'A<promise topic="x="50"/>B<sync/>'
+    assert '="' in [tok.decode([t]) for t in encode(tok, main)]
+    unguarded = wish(tagged, main, ["y</async>"], guard_tags=False)
+    assert unguarded.threads == 0 and any("malformed" in x for x in unguarded.repairs)
+    r = wish(tagged, main, ["y</async>"])
+    assert r.threads == 1 and r.repairs == [] and r.steered >= 1
+    assert parse(r.stored).blocks[0].promise.topic == "x="
+
+
+def test_a_promise_the_budget_cannot_hold_is_not_begun(engine):
+    """A student that sees its list only as topics promised 8 to 11 items of 50 tokens in a 384-token budget,
+    and the blocks were cut: once what the blocks still owe leaves less room than the last promise's N, main
+    writes no further promise, and the answer ends inside its budget."""
+    main = "Try:" + "".join(f'<promise topic="{t}" tokens="40"/>' for t in "abc") + "<sync/>Done."
+    blocks = [f"{i}." + " x" * 19 + "</async>" for i in (1, 2, 3)]
+    unguarded = wish(engine, main, blocks, guard_tags=False, max_new_tokens=140)
+    assert unguarded.threads == 3 and unguarded.finish_reason == "length"
+    r = wish(engine, main, blocks, max_new_tokens=140)
+    assert r.threads == 2 and r.finish_reason == "stop" and r.repairs == [] and r.text.endswith("Done.")
+    assert wish(engine, main, blocks, max_new_tokens=400).threads == 3  # room for all three
