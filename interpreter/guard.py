@@ -34,8 +34,8 @@ from .tags import BLOCK_TAGS, MAIN_TAGS, SYNC, may_take
 TOPIC_WORDS = 4  # a list number and three words: each is a step on main's critical path (the teacher writes up to 6)
 TOKENS_DIGITS = 3  # under 1000: main's position jumps by `tokens`, and a student's `7000`s ran past the model's 8192
 INNER_PIECES = ('" tokens="', '"/>')  # what a promise tag holds after its topic
-# ' tokens="' too: a topic closed by a plain `"` (`Arrive="`) needs the rest of the piece when `" tokens="` is one token
 NO_PROMISE = (SYNC,)  # main's tags once the budget has no room for another promise
+# ' tokens="' too: a topic closed by a plain `"` (`Arrive="`) needs the rest of the piece when `" tokens="` is one token
 CLOSING_PIECES = (*INNER_PIECES, ' tokens="', "</async>", "<sync/>", *"0123456789")
 
 

@@ -82,8 +82,7 @@ class Request:
         self.layout = ThreadLayout()
         self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
         self.blocks: list[Thread] = []
-        self.promised = 0  # promises accepted (blocks forked or about to be)
-        self.promises: list[tuple] = []  # their items in main.items
+        self.promises: list[tuple] = []  # main's items of the promises accepted (blocks forked or about to be)
         self.last_tag_tokens = 0  # main's tokens for the last promise tag (guarded decoding only)
         self.total = 0  # tokens drawn by all threads
         self.forced = 0  # forced <async> tokens
@@ -270,12 +269,11 @@ class Request:
             elif isinstance(ev, BadTag):
                 self._drop(main, f"main: dropped malformed tag {ev.raw[:40]!r} ({ev.message})")
             elif ev.kind == PROMISE:
-                if self.promised >= self.opts.max_promises:
+                if len(self.promises) >= self.opts.max_promises:
                     self._drop(main, f"main: dropped promise {ev.topic!r}: more than {self.opts.max_promises}")
                     continue
-                self.promised += 1
                 main.forks.append(ev)
-                main.items.append(("promise", ev, self.promised))
+                main.items.append(("promise", ev, len(self.promises) + 1))
                 self.promises.append(main.items[-1])
                 if self.guard is not None:
                     self.last_tag_tokens = len(encode(self.e.tokenizer, ev.raw))
@@ -288,9 +286,7 @@ class Request:
     def _room_for_promise(self) -> bool:
         """Whether the budget holds another promise like the last: what no thread has drawn yet, less what
         the blocks still writing owe (a promise's tokens, less what its block drew), is at least its tag
-        and its N.
-        A promise past that would be cut by max_new_tokens: a student that counts its list's items in
-        topics only, not seeing their text, promised 8 to 11 items of 50 tokens in a 384-token budget."""
+        and its N (past that, max_new_tokens would cut its block)."""
         if not self.promises:
             return True
         owed = 0

@@ -271,7 +271,7 @@ def may_take(pending: str, piece: str, kinds: tuple[str, ...], end: bool = False
              topic_words: int = MAX_TOPIC_WORDS, tokens_digits: int = CANONICAL_TOKENS_DIGITS) -> bool:
     """Whether a thread whose lexer holds `pending` can take `piece` (and then end, if `end`) and still
     write only valid tags of `kinds`: no bad tag, no tag of another kind, and a tag being written that
-    can still be completed. Stricter than the lexer in one way: a name that starts with a Pasta-Lang
+    can still be completed. Stricter than the lexer: a name that starts with a Pasta-Lang
     name, or with `prom`, is taken for a tag, so that a model kept from writing `<promise` inside a
     block cannot write `<promises` or `<promis defines` instead, and stops at `<prom` (text such as
     `<asyncio>` or `<prompt>` is lost to the guard, not to the language). A promise's topic is held to one
