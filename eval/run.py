@@ -245,6 +245,7 @@ def metrics(args, prompts, generations, prefs) -> list[dict]:
             "method": method, "model": model, "n": len(ids), "judge_failures": len(ids) - len(judged),
             "win_rate": win_rate(p), "length_adjusted_win_rate": length_adjusted_win_rate(p, lc, lb),
             "length_adjusted_ci_low": lo, "length_adjusted_ci_high": hi, "wall_speedup": geomean(walls),
+            "step_speedup": geomean([baseline[i]["steps"] / gens[i]["steps"] for i in ids]),
             "theoretical_speedup": geomean([gens[i]["theoretical_speedup"] or 1.0 for i in ids]),
             "parallelism": sum(gens[i]["parallelism"] or 1.0 for i in ids) / len(ids),
             "tokens_per_s": sum(gens[i]["tokens"] for i in ids) / sum(gens[i]["wall_time"] for i in ids),

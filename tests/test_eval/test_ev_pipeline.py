@@ -38,7 +38,9 @@ def test_eval_end_to_end_and_caching(run_root, capsys):
     names = [(r["method"], r["model"]) for r in rows]
     assert names[0] == ("sequential", "baseline-sft") and ("pasta", "pasta-sft") in names
     assert {"sot", "pattern"} <= {m for m, _ in names}
-    assert rows[0]["win_rate"] == 50.0 and rows[0]["wall_speedup"] == 1.0
+    assert rows[0]["win_rate"] == 50.0 and rows[0]["wall_speedup"] == 1.0 and rows[0]["step_speedup"] == 1.0
+    pasta = next(r for r in rows if r["method"] == "pasta")
+    assert pasta["step_speedup"] != 1.0 and "| step speedup |" in (run_root / "t" / "eval" / "results.md").read_text()
     for f in ["results.md", "results.csv", "pareto.png", "report.html", "alpaca_eval/pasta_pasta-sft.json"]:
         assert (out / f).exists(), f
     assert "offline proxy" in (out / "results.md").read_text()
