@@ -1,6 +1,7 @@
 """The whole evaluation on tiny models: generations cached, judged, tabled, plotted, exported."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -39,8 +40,14 @@ def test_eval_end_to_end_and_caching(run_root, capsys):
     assert names[0] == ("sequential", "baseline-sft") and ("pasta", "pasta-sft") in names
     assert {"sot", "pattern"} <= {m for m, _ in names}
     assert rows[0]["win_rate"] == 50.0 and rows[0]["wall_speedup"] == 1.0 and rows[0]["step_speedup"] == 1.0
+    def passes(row: str) -> dict:  # forward passes per answer
+        lines = (out / f"generations/{row}.jsonl").read_text().splitlines()
+        return {g["prompt_id"]: g["steps"] for g in map(json.loads, lines)}
+    sequential = passes("sequential--baseline-sft")
+    ratios = [sequential[i] / n for i, n in passes("pasta--pasta-sft").items()]
     pasta = next(r for r in rows if r["method"] == "pasta")
-    assert pasta["step_speedup"] != 1.0 and "| step speedup |" in (run_root / "t" / "eval" / "results.md").read_text()
+    assert pasta["step_speedup"] == pytest.approx(math.prod(ratios) ** (1 / len(ratios)))
+    assert "| step speedup |" in (out / "results.md").read_text()
     for f in ["results.md", "results.csv", "pareto.png", "report.html", "alpaca_eval/pasta_pasta-sft.json"]:
         assert (out / f).exists(), f
     assert "offline proxy" in (out / "results.md").read_text()
