@@ -19,8 +19,8 @@ not hold it already) are tokens a student has only seen inside a promise tag; dr
 to the language but a leak to the reader (`3. Research" tokens="30"/>` in a block), so the guard takes them only
 inside an open promise.
 
-Main begins a promise only while the answer's budget has room for one like its last (`Thread.may_promise`,
-which the request sets): a student that sees its list as topics only promised more items than
+Main begins a promise only while the answer's budget has room for one like its last (`Thread.room_for_promise`,
+which the request provides): a student that sees its list as topics only promised more items than
 `max_new_tokens` holds, and the last blocks were cut.
 """
 
@@ -58,16 +58,23 @@ class TagGuard:
             self._has_lt[token] = "<" in self.tokenizer.decode([token], skip_special_tokens=False)
         return self._has_lt[token]
 
+    @staticmethod
+    def _kinds(thread) -> tuple[str, ...]:
+        """The tags `thread` may write: a promise once begun is finished, a new one only while the budget has
+        room (asked only here, off the fast path)."""
+        if thread.tid != MAIN:
+            return BLOCK_TAGS
+        return MAIN_TAGS if thread.lexer.pending.startswith("<promise") or thread.room_for_promise() else NO_PROMISE
+
     def allows(self, thread, token: int) -> bool:
-        kinds = (MAIN_TAGS if thread.may_promise else NO_PROMISE) if thread.tid == MAIN else BLOCK_TAGS
         pending = thread.lexer.pending
         if token in self.inner and not pending.startswith("<promise"):
             return False
         if token in self.end_ids:  # main may end unless a tag is half written; a block ends with </async>
-            return thread.tid == MAIN and may_take(pending, "", kinds, end=True)
+            return thread.tid == MAIN and may_take(pending, "", self._kinds(thread), end=True)
         if not pending and not self._may_open_tag(token):
             return True
-        return may_take(pending, thread.detok.peek(token), kinds, topic_words=self.topic_words,
+        return may_take(pending, thread.detok.peek(token), self._kinds(thread), topic_words=self.topic_words,
                         tokens_digits=self.tokens_digits)
 
     def choose(self, row: torch.Tensor, thread, token: int, sampler) -> tuple[int, bool]:

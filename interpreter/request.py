@@ -43,7 +43,7 @@ class Thread:
         self.forks: list[Tag] = []  # main: promises completed by the token in `feed`
         self.sync_next = False  # main: the token in `feed` completes a sync
         self.held: int | None = None  # main: token drawn after a sync, fed once the blocks end
-        self.may_promise = True  # main: whether the budget has room for another promise (the guard's rule)
+        self.room_for_promise = lambda: True  # main: whether the budget holds another promise (the request's rule)
 
     def text(self) -> str:
         return "".join(i[1] for i in self.items if i[0] == "text")
@@ -81,6 +81,7 @@ class Request:
         self.cancel_event, self.deadline, self._cancelled = cancel, deadline, False
         self.layout = ThreadLayout()
         self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
+        self.main.room_for_promise = self._room_for_promise
         self.blocks: list[Thread] = []
         self.promises: list[tuple] = []  # main's items of the promises accepted (blocks forked or about to be)
         self.last_tag_tokens = 0  # main's tokens for the last promise tag (guarded decoding only)
@@ -232,8 +233,6 @@ class Request:
             self.logits += [(th.tid, rows[i].float().clone()) for i, th in enumerate(threads)]
         for i, (th, token) in enumerate(zip(threads, self.source.draw(rows, threads))):
             if self.guard is not None:
-                if th.tid == MAIN and not th.lexer.pending.startswith("<promise"):  # a promise begun is finished
-                    th.may_promise = self._room_for_promise()
                 token, steered = self.guard.choose(rows[i], th, token, self.source)
                 self.steered += steered
             if self.trace is not None:
