@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pasta-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint dataset finetune finetune-pair check check-full eval prefopt demo demo-full bench
+.PHONY: setup test test-fast lint dataset finetune finetune-pair check check-full eval prefopt prefopt-full demo demo-full bench
 
 # Each stage's recipe and extra flags (flags override the recipe), e.g. make finetune FINETUNE_ARGS="--num_train_epochs 2"
 DATASET_CONFIG ?= configs/demo/dataset.yaml
@@ -75,6 +75,11 @@ demo-full: setup
 	$(MAKE) --no-print-directory finetune-pair FINETUNE_CONFIG=$(FULL)/smollm2-sft.yaml && \
 	$(MAKE) --no-print-directory eval EVAL_CONFIG=$(FULL)/eval.yaml && \
 	echo "make demo-full: done in $$(( $$(date +%s) - start )) s"
+
+# BoNBoN from the full demo's student (tag tokens); `make eval EVAL_CONFIG=configs/demo-full/eval.yaml` then
+# evaluates the prefopt models beside it
+prefopt-full: setup
+	$(MAKE) --no-print-directory prefopt PREFOPT_CONFIG=$(FULL)/smollm2-prefopt.yaml
 
 # the full demo's student on its dataset's test split, decoded as the full demo's evaluation decodes
 check-full: setup

@@ -37,12 +37,15 @@ def _entry(module: str):
             "eval": lambda: importlib.import_module("eval.run").cli}[module]()
 
 
-RECIPES = [("data_gen", "configs/demo/dataset.yaml"), ("data_gen", "configs/paper/dataset-slimorca.yaml"),
-           ("finetune", "configs/demo/smollm2-sft.yaml"), ("finetune", "configs/paper/gemma-7b-sft.yaml"),
-           ("finetune", "configs/paper/gemma-7b-sft-baseline.yaml"),
+RECIPES = [("data_gen", "configs/demo/dataset.yaml"), ("data_gen", "configs/demo-full/dataset.yaml"),
+           ("data_gen", "configs/paper/dataset-slimorca.yaml"),
+           ("finetune", "configs/demo/smollm2-sft.yaml"), ("finetune", "configs/demo-full/smollm2-sft.yaml"),
+           ("finetune", "configs/paper/gemma-7b-sft.yaml"), ("finetune", "configs/paper/gemma-7b-sft-baseline.yaml"),
            ("finetune.prefopt", "configs/demo/smollm2-prefopt.yaml"),
+           ("finetune.prefopt", "configs/demo-full/smollm2-prefopt.yaml"),
            ("finetune.prefopt", "configs/paper/gemma-7b-prefopt.yaml"),
-           ("eval", "configs/demo/eval.yaml"), ("eval", "configs/paper/eval-alpaca.yaml")]
+           ("eval", "configs/demo/eval.yaml"), ("eval", "configs/demo-full/eval.yaml"),
+           ("eval", "configs/paper/eval-alpaca.yaml")]
 
 
 @pytest.mark.parametrize("module, recipe", RECIPES)
