@@ -64,6 +64,9 @@ class EvalArguments(JudgeArguments):
                                                               "alike (Options.stop_loops)"})
     dtype: str | None = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16"})
     device: str | None = None
+    interleave: bool = field(default=False, metadata={
+        "help": "every row answers a prompt before any row answers the next, every model resident at once: the "
+                "machine's speed drifting over a run falls on all rows alike. Off: one model resident at a time"})
     bootstrap: int = field(default=500, metadata={"help": "bootstrap resamples for confidence intervals"})
     # Tracking
     report_to: list[str] = field(default_factory=list, metadata={
@@ -140,7 +143,8 @@ class Generations:
 def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[int, int] | None = None):
     """Every row's answers to `prompts` (cached under out/generations, where every prompt set's answers live), as
     {row name: {prompt id: record}}; with mt_bench_turns 2 a two-turn prompt's second answer is there too, under
-    `turn2_id(prompt id)`. One model is resident at a time: the rows are decoded grouped by model."""
+    `turn2_id(prompt id)`. With `interleave` every row answers a prompt before any row answers the next, all models
+    resident; otherwise the rows are decoded grouped by model, one model resident at a time."""
     timed_in = f"{os.uname().nodename}-{os.getpid()}-{time.time():.0f}"  # this run: wall times compare within it
     options = Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
                       max_threads=args.max_threads, stop_loops=args.stop_loops)
@@ -150,44 +154,55 @@ def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[i
     first = {}  # model -> its first row
     for i, (_, _, path) in enumerate(rows):
         first.setdefault(path, i)
-    answers = {}
-    resident = {"path": None, "engine": None}
-
-    def runner_for(method: str, label: str, path: str):
-        if resident["path"] != path:
-            resident["engine"] = None  # the last model goes (its runner went with the last row) before the next loads
-            resident["engine"] = Engine(*load_model(path, dtype=args.dtype, device=args.device))
-            resident["path"] = path
-        runner = METHODS[method](resident["engine"], label, options)
-        runner.answer("Say hello.")  # warm-up: first calls pay for allocation, not decoding
-        return runner
-
-    for method, label, path in sorted(rows, key=lambda row: first[row[2]]):
-        name = f"{method} · {label}"
+    by_model = sorted(rows, key=lambda row: first[row[2]])
+    caches = {}
+    for method, label, path in rows:
         file = out / "generations" / f"{method}--{slug(label)}.jsonl"
-        cache = Generations(shard_path(file, *shard) if shard else file,
-                            {"method": method, "model": path, "weights": weights_stamp(path),
-                             "options": asdict(options), "dtype": args.dtype})
-        runner = None  # the last row's runner holds its model: gone before another loads
-        todo = [p for p in mine if not cache.holds(p)]
-        if todo:
-            runner = runner_for(method, label, path)
-            _decode(runner, cache, todo, name, timed_in)
-        follow = [second_turn(p, cache.rows[p["id"]]["text"]) for p in two_turns]
-        todo = [p for p in follow if not cache.holds(p)]
-        if todo:
-            runner = runner or runner_for(method, label, path)
-            _decode(runner, cache, todo, f"{name} · turn 2", timed_in)
-        answers[name] = {p["id"]: cache.rows[p["id"]] for p in mine + follow}
-    return {f"{method} · {label}": answers[f"{method} · {label}"] for method, label, _ in rows}
+        caches[method, label, path] = Generations(
+            shard_path(file, *shard) if shard else file,
+            {"method": method, "model": path, "weights": weights_stamp(path), "options": asdict(options),
+             "dtype": args.dtype})
+    runners = {}
+
+    def runner_for(row: tuple[str, str, str]):
+        method, label, path = row
+        if row not in runners:
+            if not args.interleave:  # the last model goes (with its rows' runners) before the next loads
+                for other in [r for r in runners if r[2] != path]:
+                    del runners[other]
+            engine = next((r.engine for (_, _, p), r in runners.items() if p == path), None)
+            runners[row] = METHODS[method](engine or Engine(*load_model(path, dtype=args.dtype, device=args.device)),
+                                           label, options)
+            runners[row].answer("Say hello.")  # warm-up: first calls pay for allocation, not decoding
+        return runners[row]
+
+    def decode(todo: dict, desc: str) -> None:
+        work = [(row, p) for row in by_model for p in todo[row] if not caches[row].holds(p)]
+        if args.interleave:  # a stable sort: each prompt's rows one after another, seconds apart
+            order = {pid: i for i, pid in enumerate(dict.fromkeys(p["id"] for ps in todo.values() for p in ps))}
+            work.sort(key=lambda w: order[w[1]["id"]])
+        # models load before the bar starts (interleaved: all of them), so a model that cannot load is one line
+        for row in dict.fromkeys(row for row, _ in work[:None if args.interleave else 1]):
+            runner_for(row)
+        bar = tqdm(work, desc=desc, file=sys.stderr)
+        for row, p in bar:
+            bar.set_postfix_str(f"{row[0]} · {row[1]}", refresh=False)
+            _decode(runner_for(row), caches[row], p, timed_in)
+
+    decode({row: mine for row in rows}, "decoding")
+    follow = {row: [second_turn(p, caches[row].rows[p["id"]]["text"]) for p in two_turns] for row in rows}
+    if two_turns:
+        decode(follow, "decoding · turn 2")
+    runners.clear()
+    return {f"{method} · {label}": {p["id"]: caches[method, label, path].rows[p["id"]]
+                                    for p in mine + follow[method, label, path]} for method, label, path in rows}
 
 
-def _decode(runner, cache: Generations, todo: list[dict], desc: str, timed_in: str) -> None:
-    """Answers `todo` (a prompt's `messages` where it has a conversation of its own, as a second turn) into `cache`."""
-    for p in tqdm(todo, desc=desc, file=sys.stderr):
-        prompt = p["messages"] if "context" in p else p["instruction"]
-        cache.add({"prompt_id": p["id"], "instruction": p["instruction"], **runner.answer(prompt),
-                   "timed_in": timed_in, **({"context": p["context"]} if "context" in p else {})})
+def _decode(runner, cache: Generations, p: dict, timed_in: str) -> None:
+    """Answers prompt `p` (its `messages` where it has a conversation of its own, as a second turn) into `cache`."""
+    prompt = p["messages"] if "context" in p else p["instruction"]
+    cache.add({"prompt_id": p["id"], "instruction": p["instruction"], **runner.answer(prompt),
+               "timed_in": timed_in, **({"context": p["context"]} if "context" in p else {})})
 
 
 def mixed_timing(generations: dict[str, dict[str, dict]]) -> dict[str, int]:

@@ -164,6 +164,31 @@ def test_one_model_is_resident_at_a_time(run_root, tmp_path, monkeypatch):
     assert alive_at_load == [[], [False]]
 
 
+def test_interleaved_rows_answer_each_prompt_in_turn_and_answer_alike(run_root, tmp_path, monkeypatch):
+    import dataclasses
+
+    import eval.run
+
+    decoded, loads = [], []
+    decode, load_model = eval.run._decode, eval.run.load_model
+    monkeypatch.setattr(eval.run, "_decode", lambda runner, cache, p, timed_in: (
+        decoded.append((p["id"], runner.name)), decode(runner, cache, p, timed_in)))
+    monkeypatch.setattr(eval.run, "load_model", lambda path, **kw: (loads.append(path), load_model(path, **kw))[1])
+    args = dataclasses.replace(_fresh(run_root, tmp_path), methods=["sequential", "pasta"], limit=None)
+    main(dataclasses.replace(args, run_dir=str(tmp_path / "grouped")))
+    ids = list(dict.fromkeys(i for i, _ in decoded))
+    assert decoded == [(i, m) for m in ("sequential", "pasta") for i in ids]  # by model, one resident at a time
+    decoded.clear(), loads.clear()
+    main(dataclasses.replace(args, run_dir=str(tmp_path / "interleaved"), interleave=True))
+    assert decoded == [(i, m) for i in ids for m in ("sequential", "pasta")]  # each prompt's rows seconds apart
+    assert len(loads) == len(set(loads)) == 2  # both models resident: each loaded once
+
+    def texts(run: str) -> dict:
+        return {f.name: {r["prompt_id"]: r["text"] for r in map(json.loads, f.read_text().splitlines())}
+                for f in (tmp_path / run / "eval" / "generations").glob("*.jsonl")}
+    assert texts("interleaved") == texts("grouped") and len(texts("grouped")) == 2
+
+
 def _fresh(run_root, tmp_path):
     """Arguments of a run folder with no cached answers, over run_root's models."""
     models = run_root / "t" / "models"
