@@ -22,6 +22,10 @@ inside an open promise.
 Main begins a promise only while the answer's budget has room for one like its last (`Thread.room_for_promise`,
 which the request provides): a student that sees its list as topics only promised more items than
 `max_new_tokens` holds, and the last blocks were cut.
+
+A block keeps its promise: once it has drawn `overrun` times the promised tokens, it ends at its next line break
+(the guard writes `</async>` there). Blocks that run that far past their promise loop or wander (`2. Carry a
+"70"/> 3. Carry a "80"/>` on and on), and they spend the budget the later blocks and main's close need.
 """
 
 from __future__ import annotations
@@ -29,24 +33,28 @@ from __future__ import annotations
 import torch
 
 from .layout import MAIN, encode
-from .tags import BLOCK_TAGS, MAIN_TAGS, SYNC, may_take
+from .tags import BLOCK_TAGS, CLOSE_TAG, MAIN_TAGS, SYNC, may_take
 
 TOPIC_WORDS = 4  # a list number and three words: each is a step on main's critical path (the teacher writes up to 6)
 TOKENS_DIGITS = 3  # under 1000: main's position jumps by `tokens`, and a student's `7000`s ran past the model's 8192
 INNER_PIECES = ('" tokens="', '"/>')  # what a promise tag holds after its topic
 NO_PROMISE = (SYNC,)  # main's tags once the budget has no room for another promise
+OVERRUN = 1.5  # a block past this many times its promised tokens ends at its next line break
 # ' tokens="' too: a topic closed by a plain `"` (`Arrive="`) needs the rest of the piece when `" tokens="` is one token
 CLOSING_PIECES = (*INNER_PIECES, ' tokens="', "</async>", "<sync/>", *"0123456789")
 
 
 class TagGuard:
     def __init__(self, tokenizer, end_ids: set[int], tries: int = 64, topic_words: int = TOPIC_WORDS,
-                 tokens_digits: int = TOKENS_DIGITS):
+                 tokens_digits: int = TOKENS_DIGITS, overrun: float = OVERRUN):
         self.tokenizer = tokenizer
         self.end_ids = end_ids
         self.tries = tries  # masked redraws before the guard turns to the closing pieces
         self.topic_words = topic_words
         self.tokens_digits = tokens_digits
+        self.overrun = overrun
+        close = encode(tokenizer, CLOSE_TAG)  # one token with the tag pieces added; `</`, `async`, `>` as text
+        self.close_after = {tokenizer.decode(close[:k]): t for k, t in enumerate(close)}  # what is pending -> next
         self.closers = torch.tensor(sorted({t for p in CLOSING_PIECES for t in encode(tokenizer, p)}))
         self.quoted = {t for t in self.closers.tolist() if tokenizer.decode([t]).lstrip().startswith(('"', "<"))}
         self._has_lt: dict[int, bool] = {}
@@ -81,6 +89,8 @@ class TagGuard:
         """The drawn token if valid; inside an open promise tag, else the likeliest valid closing piece;
         elsewhere the first redraw by the sampler's own rule (greedy: the next best) that keeps the thread
         valid, the closing pieces only if none does. Also whether the guard steered."""
+        if (close := self._overdue(thread)) is not None:
+            return close, close != token
         if self.allows(thread, token):
             return token, False
         row = row.float().clone()
@@ -91,6 +101,16 @@ class TagGuard:
                 if self.allows(thread, token):
                     return token, True
         return self._closing_piece(row, thread, token), True
+
+    def _overdue(self, thread) -> int | None:
+        """For a block that has drawn `overrun` times its promise: the first token of `</async>` once a line has
+        ended, the next one while it is being written; else None."""
+        if thread.tid == MAIN or thread.drawn < self.overrun * thread.promised:
+            return None
+        pending = thread.lexer.pending
+        if not pending and not thread.tail(1).endswith("\n"):
+            return None
+        return self.close_after.get(pending)
 
     def _closing_piece(self, row: torch.Tensor, thread, token: int) -> int:
         """The likeliest token that closes what is open (a quote first: a topic's end rather than a longer

@@ -44,6 +44,7 @@ class Thread:
         self.sync_next = False  # main: the token in `feed` completes a sync
         self.held: int | None = None  # main: token drawn after a sync, fed once the blocks end
         self.room_for_promise = lambda: True  # main: whether the budget holds another promise (the request's rule)
+        self.promised = 0  # a block: its promise's tokens
 
     def text(self) -> str:
         return "".join(i[1] for i in self.items if i[0] == "text")
@@ -212,7 +213,7 @@ class Request:
                 if self.trace is not None:
                     self.trace.fork(reserved)
                 block = Thread(tid, Detokenizer(self.e.tokenizer, self.e.async_ids))
-                block.state, block.feed = QUEUED, list(self.e.async_ids)
+                block.state, block.feed, block.promised = QUEUED, list(self.e.async_ids), tag.tokens
                 self.blocks.append(block)
             main.forks = []
         running = sum(b.state == RUNNING for b in self.blocks)

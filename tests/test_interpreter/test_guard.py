@@ -199,3 +199,19 @@ def test_a_promise_the_budget_cannot_hold_is_not_begun(engine):
     r = wish(engine, main, blocks, max_new_tokens=140)
     assert r.threads == 2 and r.finish_reason == "stop" and r.repairs == [] and r.text.endswith("Done.")
     assert wish(engine, main, blocks, max_new_tokens=400).threads == 3  # room for all three
+
+
+def test_a_block_far_past_its_promise_ends_at_its_next_line_break(engine):
+    """A student's block that promised 40 tokens ran to 131 (`2. Carry a "70"/> 3. Carry a "80"/> …`) and spent the
+    budget: past 1.5 times its promise a block ends at its next line break, and what main writes after its sync
+    stays in the answer."""
+    main = 'Try:<promise topic="a" tokens="10"/><sync/>Done.'
+    block = "".join(f"{i}. go on\n" for i in range(1, 30)) + "</async>"
+    unguarded = wish(engine, main, [block], guard_tags=False, max_new_tokens=120)
+    assert unguarded.finish_reason == "length" and not unguarded.text.endswith("Done.")
+    r = wish(engine, main, [block], max_new_tokens=120)
+    assert r.finish_reason == "stop" and r.repairs == [] and r.text.endswith("Done.")
+    kept = parse(r.stored).blocks[0].text
+    assert kept.endswith("\n") and block.startswith(kept) and 15 <= len(encode(engine.tokenizer, kept)) < 25
+    assert wish(engine, main, ["1. go on\n2. go on</async>"]).stored == wish(  # within its promise: left alone
+        engine, main, ["1. go on\n2. go on</async>"], guard_tags=False).stored
