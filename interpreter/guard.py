@@ -86,9 +86,10 @@ class TagGuard:
                         tokens_digits=self.tokens_digits)
 
     def choose(self, row: torch.Tensor, thread, token: int, sampler) -> tuple[int, bool]:
-        """The drawn token if valid; inside an open promise tag, else the likeliest valid closing piece;
-        elsewhere the first redraw by the sampler's own rule (greedy: the next best) that keeps the thread
-        valid, the closing pieces only if none does. Also whether the guard steered."""
+        """`</async>` for a block past its promise at a line break (`_overdue`); else the drawn token if valid;
+        inside an open promise tag, else the likeliest valid closing piece; elsewhere the first redraw by the
+        sampler's own rule (greedy: the next best) that keeps the thread valid, the closing pieces only if none
+        does. Also whether the guard steered."""
         if (close := self._overdue(thread)) is not None:
             return close, close != token
         if self.allows(thread, token):
