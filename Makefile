@@ -76,10 +76,11 @@ demo-full: setup
 	$(MAKE) --no-print-directory eval EVAL_CONFIG=$(FULL)/eval.yaml && \
 	echo "make demo-full: done in $$(( $$(date +%s) - start )) s"
 
-# BoNBoN from the full demo's student (tag tokens); `make eval EVAL_CONFIG=configs/demo-full/eval.yaml` then
-# evaluates the prefopt models beside it
+# the short demo's BoNBoN recipe from the full demo's student (tag tokens); `make eval
+# EVAL_CONFIG=configs/demo-full/eval.yaml` then evaluates the prefopt models beside it
 prefopt-full: setup
-	$(MAKE) --no-print-directory prefopt PREFOPT_CONFIG=$(FULL)/smollm2-prefopt.yaml
+	$(MAKE) --no-print-directory prefopt \
+		PREFOPT_ARGS="--model_name_or_path runs/demo-full/models/pasta-sft --run_dir runs/demo-full $(PREFOPT_ARGS)"
 
 # the full demo's student on its dataset's test split, decoded as the full demo's evaluation decodes
 check-full: setup

@@ -42,7 +42,6 @@ RECIPES = [("data_gen", "configs/demo/dataset.yaml"), ("data_gen", "configs/demo
            ("finetune", "configs/demo/smollm2-sft.yaml"), ("finetune", "configs/demo-full/smollm2-sft.yaml"),
            ("finetune", "configs/paper/gemma-7b-sft.yaml"), ("finetune", "configs/paper/gemma-7b-sft-baseline.yaml"),
            ("finetune.prefopt", "configs/demo/smollm2-prefopt.yaml"),
-           ("finetune.prefopt", "configs/demo-full/smollm2-prefopt.yaml"),
            ("finetune.prefopt", "configs/paper/gemma-7b-prefopt.yaml"),
            ("eval", "configs/demo/eval.yaml"), ("eval", "configs/demo-full/eval.yaml"),
            ("eval", "configs/paper/eval-alpaca.yaml")]
