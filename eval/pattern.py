@@ -28,10 +28,13 @@ SEEK, ITEM, CHECK, ADOPT, FREE = "seek", "item", "check", "adopt", "free"
 
 
 class _Thread:
+    in_tag = False  # the repetition penalty's question (interpreter.sampling.penalize): this text has no tags
+
     def __init__(self, tid: int, forced: list[int] | None, detok: Detokenizer, number: int = 0):
         self.tid, self.number, self.detok = tid, number, detok
         self.feed = list(forced or [])
         self.drawn, self.text, self.done = 0, "", False
+        self.seen: set[int] = set(forced or [])  # what the repetition penalty counts
 
 
 class PatternDecoder:
@@ -54,6 +57,7 @@ class _Run:
         self.layout, self.cache = ThreadLayout(), new_cache(self.e.model)
         self.sampler = dec.source or Sampler(self.opts, self.e.device)
         self.main = _Thread(MAIN, None, Detokenizer(self.tok))
+        self.main.seen = set(prompt) - self.e.unpenalized
         self.segments: list[list] = [["main", ""]]  # main text, with ["item", n] where a thread's item goes
         self.ends: list[tuple[int, int, int]] = []  # per main token fed: (answer offset after it, vis, position)
         self.items: dict[int, _Thread] = {}
@@ -110,7 +114,11 @@ class _Run:
 
     def _draw(self, rows, who) -> list[int]:
         self.drawn += len(who)
-        return self.sampler.draw(rows, who)
+        tokens = self.sampler.draw(rows, who)
+        for th, t in zip(who, tokens):
+            if t not in self.e.unpenalized:
+                th.seen.add(t)
+        return tokens
 
     # -- main ---------------------------------------------------------------------------------------
     def _main_drew(self, token: int) -> list[int]:
@@ -163,6 +171,7 @@ class _Run:
     def _adopt(self) -> None:
         n = self.current + 1
         self.layout.merge(self.items[n].tid)
+        self.main.seen |= self.items[n].seen
         self.segments += [["item", n], ["main", ""]]
         self.current = n
         if n + self.ahead - 1 not in self.items:
@@ -177,6 +186,7 @@ class _Run:
     def _fork(self, n: int, vis: int, position: int) -> None:
         forced = encode(self.tok, self.sep + f"{n}{self.delim}")
         self.items[n] = _Thread(self.layout.branch(vis, position), forced, Detokenizer(self.tok, forced), n)
+        self.items[n].seen |= self.main.seen  # approximately what it sees: the answer through item 1 and a bit
 
     def _drop_items(self) -> None:
         adopted = {s[1] for s in self.segments if s[0] == "item"}

@@ -62,6 +62,9 @@ class EvalArguments(JudgeArguments):
     max_threads: int = 8
     stop_loops: bool = field(default=False, metadata={"help": "end a thread that falls into a loop, for every method "
                                                               "alike (Options.stop_loops)"})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "HF's and vLLM's repetition penalty (1 = off), tags and end tokens spared "
+                "(Options.repetition_penalty), for every method alike"})
     dtype: str | None = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16"})
     device: str | None = None
     interleave: bool = field(default=False, metadata={
@@ -147,7 +150,8 @@ def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[i
     resident; otherwise the rows are decoded grouped by model, one model resident at a time."""
     timed_in = f"{os.uname().nodename}-{os.getpid()}-{time.time():.0f}"  # this run: wall times compare within it
     options = Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
-                      max_threads=args.max_threads, stop_loops=args.stop_loops)
+                      max_threads=args.max_threads, stop_loops=args.stop_loops,
+                      repetition_penalty=args.repetition_penalty)
     mine = [p for i, p in enumerate(prompts) if shard is None or i % shard[1] == shard[0]]
     two_turns = [p for p in mine if args.mt_bench_turns == 2 and len(p.get("turns", ())) > 1]
     rows = plan(args)

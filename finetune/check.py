@@ -61,6 +61,9 @@ class CheckArguments:
         "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
     stop_loops: bool = field(default=False, metadata={
         "help": "end a thread whose text falls into a loop (Options.stop_loops): counted as loops_stopped"})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "HF's and vLLM's repetition penalty (1 = off), tags and end tokens spared "
+                "(Options.repetition_penalty)"})
     samples: int = field(default=1, metadata={
         "help": "answers per prompt, decoded together (with --temperature: the policy's answers, not only its "
                 "greedy one, which preference training may leave unchanged on most prompts)"})
@@ -196,7 +199,8 @@ def check(args: CheckArguments) -> dict:
     answers = []
     started = time.perf_counter()
     options = [Options(max_new_tokens=args.max_new_tokens, guard_tags=args.guard_tags, stop_loops=args.stop_loops,
-                       temperature=args.temperature, top_p=args.top_p, seed=args.seed * 100003 + j)
+                       temperature=args.temperature, top_p=args.top_p, seed=args.seed * 100003 + j,
+                       repetition_penalty=args.repetition_penalty)
                for j in range(args.samples)]
     for i, row in enumerate(rows):
         results = engine.generate_many(row["messages"], options)  # one answer: what generate gives
@@ -222,7 +226,7 @@ def check(args: CheckArguments) -> dict:
         "prompts_with_reference_blocks": len({a["id"] for a in with_blocks}),
         "promise_share": round(sum(a["threads"] > 0 for a in with_blocks) / len(with_blocks), 4)
         if with_blocks else None,
-        "guard_tags": args.guard_tags, "stop_loops": args.stop_loops,
+        "guard_tags": args.guard_tags, "stop_loops": args.stop_loops, "repetition_penalty": args.repetition_penalty,
         "steered_answers": sum(a["steered"] > 0 for a in answers),
         "looping_answers": sum(a["repetition"] > LOOPING for a in answers),
         "mean_theoretical_speedup": _mean([a["theoretical_speedup"] for a in answers]),

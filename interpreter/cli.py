@@ -52,7 +52,8 @@ def _options(args):
 
     return Options(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
                    max_threads=args.max_threads, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                   seed=args.seed, stop=tuple(args.stop or ()), stop_loops=args.stop_loops)
+                   seed=args.seed, stop=tuple(args.stop or ()), stop_loops=args.stop_loops,
+                   repetition_penalty=args.repetition_penalty)
 
 
 def _remote(args, tokenizer: bool, timeout: float = 120.0):
@@ -217,6 +218,8 @@ def _decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="HF's and vLLM's (1 = off; 1.15 keeps a "
+                   "135M model out of most loops): what a thread has seen is made less likely, tags and the end spared")
     p.add_argument("--stop", action="append", help="stop string for the main thread (repeatable)")
     p.add_argument("--stop-loops", action="store_true", help="end a thread whose text falls into a loop "
                    "(its last 48 words repeat themselves); small models loop under greedy decoding")

@@ -27,6 +27,7 @@ from .options import Options, Result
 from .parser import parse
 from .request import Request
 from .sampling import Script
+from .tag_tokens import TAG_PIECES
 from .tags import OPEN_TAG
 
 PHASES = ("prefill", "schedule", "forward", "update")  # forward: masks, the model's pass, freeing columns
@@ -44,6 +45,9 @@ class Engine:
         self.max_batch = max_batch
         self.end_ids = end_token_ids(model, tokenizer)
         self.async_ids = encode(tokenizer, OPEN_TAG)
+        # the repetition penalty spares the end (the chat template's prompt holds it: answers would run on) and
+        # tags written as one token
+        self.unpenalized = self.end_ids | {ids[0] for p in TAG_PIECES if len(ids := encode(tokenizer, p)) == 1}
         self.guard = TagGuard(tokenizer, self.end_ids)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype

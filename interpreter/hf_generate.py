@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import torch
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, RepetitionPenaltyLogitsProcessor, StoppingCriteria
 
 from .detok import Detokenizer
 from .options import Options, Result
@@ -24,6 +24,8 @@ def generate_batch(engine, prompts: list, opts: Options, batch_size: int = 8) ->
         sampling.update(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k or None)
         if opts.seed is not None:
             torch.manual_seed(opts.seed)
+    if opts.repetition_penalty != 1.0:
+        sampling["logits_processor"] = [_Penalty(opts.repetition_penalty, engine.unpenalized | {pad})]
     results = []
     for start in range(0, len(prompts), batch_size):
         ids = [engine.prompt_ids(p) for p in prompts[start:start + batch_size]]
@@ -50,6 +52,20 @@ def generate_batch(engine, prompts: list, opts: Options, batch_size: int = 8) ->
                                   thread_tokens=[drawn or len(row)], steps=drawn or len(row), threads=0,
                                   wall_time=share, prefill_time=0.0, looped=int(bool(looped))))
     return results
+
+
+class _Penalty(LogitsProcessor):
+    """Options.repetition_penalty as the engine applies it: HF's, sparing the end tokens (and the padding)."""
+
+    def __init__(self, penalty: float, spared: set[int]):
+        self.hf = RepetitionPenaltyLogitsProcessor(penalty)
+        self.spared = torch.tensor(sorted(spared))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        kept = scores[:, self.spared.to(scores.device)].clone()
+        scores = self.hf(input_ids, scores)
+        scores[:, self.spared.to(scores.device)] = kept
+        return scores
 
 
 class _LoopStop(StoppingCriteria):

@@ -69,7 +69,6 @@ UNSUPPORTED: dict[str, Any] = {
     "echo": lambda v: v is None or v is False,
     "suffix": lambda v: not v,
     "best_of": lambda v: v is None or v == 1,
-    "repetition_penalty": lambda v: v is None or v == 1,
 }
 
 
@@ -100,6 +99,7 @@ class _Sampling(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)  # vLLM's extension; 0 = off, absent = the server's default
+    repetition_penalty: float | None = Field(default=None, gt=0.0)  # vLLM's extension; absent = the server's default
     seed: int | None = Field(default=None, ge=0, lt=MAX_SEED)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -121,7 +121,6 @@ class _Sampling(BaseModel):
     echo: Any = None
     suffix: Any = None
     best_of: Any = None
-    repetition_penalty: Any = None
 
     @field_validator("stop")
     @classmethod

@@ -22,6 +22,9 @@ class Options:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     seed: int | None = None
+    # HF's and vLLM's repetition_penalty (1 = off): what a thread has seen, prompt included, is made less likely;
+    # tags and end tokens are never penalized (interpreter.sampling.penalize)
+    repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()  # stop strings, matched in the main thread's text
     guard_tags: bool = True  # pasta mode: redraw a token that would write an invalid tag (interpreter.guard)
     stop_loops: bool = False  # end a thread whose text loops (interpreter.repetition.loops): main with "loop"
@@ -32,9 +35,9 @@ class Options:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.seed is not None and not 0 <= self.seed < MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**63), not {self.seed}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (got {self.temperature}, "
-                             f"{self.top_p}, {self.top_k})")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0 (got "
+                             f"{self.temperature}, {self.top_p}, {self.top_k}, {self.repetition_penalty})")
 
 
 @dataclass

@@ -127,9 +127,9 @@ class RemoteInterpreter:
 
     async def agenerate(self, prompt: str, options: Options | None = None, mode: str = "pasta",
                         max_rejoins: int = 32) -> RemoteResult:
-        """Decodes one answer. `options`: max_new_tokens (each of main's requests), max_thread_tokens,
-        max_threads, temperature, top_p, top_k, seed and stop (main's) apply; `mode` "sequential" is one plain
-        completion. Raises RemoteError when the engine cannot be reached or refuses a request."""
+        """Decodes one answer. `options`: max_new_tokens (each of main's requests), max_thread_tokens, max_threads,
+        temperature, top_p, top_k, repetition_penalty, seed and stop (main's) apply; `mode` "sequential" is one
+        plain completion. Raises RemoteError when the engine cannot be reached or refuses a request."""
         if mode not in ("pasta", "sequential"):
             raise ValueError(f"mode must be 'pasta' or 'sequential', not {mode!r}")
         opts = options or self.defaults
@@ -178,6 +178,8 @@ class RemoteInterpreter:
         body = dict(self.extra_body)
         if opts.top_k:
             body["top_k"] = opts.top_k  # vLLM's and SGLang's extension
+        if opts.repetition_penalty != 1.0:  # theirs too; a remote engine counts the tags in the text it is sent
+            body["repetition_penalty"] = opts.repetition_penalty
         kw = {"model": self.model, "temperature": opts.temperature, "top_p": opts.top_p, "extra_body": body,
               "max_tokens": opts.max_new_tokens if main else opts.max_thread_tokens}
         if opts.seed is not None:

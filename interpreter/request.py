@@ -45,6 +45,11 @@ class Thread:
         self.held: int | None = None  # main: token drawn after a sync, fed once the blocks end
         self.room_for_promise = lambda: True  # main: whether the budget holds another promise (the request's rule)
         self.promised = 0  # a block: its promise's tokens
+        self.seen: set[int] = set()  # what the repetition penalty counts: the prompt and the text this thread sees
+
+    @property
+    def in_tag(self) -> bool:
+        return bool(self.lexer.pending)
 
     def text(self) -> str:
         return "".join(i[1] for i in self.items if i[0] == "text")
@@ -83,6 +88,7 @@ class Request:
         self.layout = ThreadLayout()
         self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
         self.main.room_for_promise = self._room_for_promise
+        self.main.seen = set(self.prompt_ids) - engine.unpenalized
         self.blocks: list[Thread] = []
         self.promises: list[tuple] = []  # main's items of the promises accepted (blocks forked or about to be)
         self.last_tag_tokens = 0  # main's tokens for the last promise tag (guarded decoding only)
@@ -203,6 +209,7 @@ class Request:
             self.layout.sync()
             if self.trace is not None:
                 self.trace.sync()
+            main.seen.update(*(b.seen for b in self.blocks))
             main.state, main.feed, main.held = RUNNING, [main.held], None
         if main.state == RUNNING and main.feed:
             put(main, main.feed[0], True)
@@ -214,6 +221,7 @@ class Request:
                     self.trace.fork(reserved)
                 block = Thread(tid, Detokenizer(self.e.tokenizer, self.e.async_ids))
                 block.state, block.feed, block.promised = QUEUED, list(self.e.async_ids), tag.tokens
+                block.seen = set(main.seen)
                 self.blocks.append(block)
             main.forks = []
         running = sum(b.state == RUNNING for b in self.blocks)
@@ -240,10 +248,13 @@ class Request:
                 self.trace.drew(self._trace_rows[i], token)
             th.drawn += 1
             self.total += 1
+            in_tag = th.in_tag
             if th.tid == MAIN:
                 self._main_drew(th, token)
             else:
                 self._block_drew(th, token)
+            if not (in_tag or th.in_tag or token in self.e.unpenalized):  # text, not a tag
+                th.seen.add(token)
 
     def _main_drew(self, main: Thread, token: int) -> None:
         if token in self.e.end_ids:  # the end is an implicit sync: wait for the blocks, feed nothing

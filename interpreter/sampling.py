@@ -8,8 +8,22 @@ from .layout import MAIN, encode, pieces
 from .parser import parse
 
 
+def penalize(rows: torch.Tensor, threads, penalty: float) -> torch.Tensor:
+    """The repetition penalty of HF's `generate` and vLLM: a token a thread has seen (its `seen` ids) is made less
+    likely, a positive logit divided by `penalty` and a negative one multiplied. A thread writing a tag
+    (`in_tag`) draws unpenalized: every promise repeats the pieces and digits of the one before."""
+    rows = rows.float().clone()
+    for i, th in enumerate(threads):
+        if th.seen and not th.in_tag:
+            ids = torch.tensor(list(th.seen), device=rows.device)
+            seen = rows[i, ids]
+            rows[i, ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return rows
+
+
 class Sampler:
-    """Draws from the model: greedy, or temperature with top-k/top-p and a seeded generator."""
+    """Draws from the model: greedy, or temperature with top-k/top-p and a seeded generator; with a
+    repetition penalty first where the options set one."""
 
     def __init__(self, opts, device):
         self.opts = opts
@@ -20,6 +34,8 @@ class Sampler:
 
     def draw(self, rows: torch.Tensor, threads) -> list[int]:
         o = self.opts
+        if o.repetition_penalty != 1.0:
+            rows = penalize(rows, threads, o.repetition_penalty)
         if o.temperature <= 0:
             return rows.argmax(-1).tolist()
         logits = rows.float() / o.temperature

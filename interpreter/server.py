@@ -81,7 +81,8 @@ def create_app(engine: Engine | Backend, model_name: str, mode: str = "pasta", a
         seed = None if req.seed is None else (req.seed + index) % MAX_SEED  # n > 1: each choice its own draw
         return Options(**{**defaults.__dict__, "max_new_tokens": max_tokens or defaults.max_new_tokens,
                           "temperature": req.temperature, "top_p": req.top_p, "seed": seed,
-                          "top_k": defaults.top_k if req.top_k is None else req.top_k, "stop": tuple(stop)})
+                          "top_k": defaults.top_k if req.top_k is None else req.top_k, "stop": tuple(stop),
+                          "repetition_penalty": req.repetition_penalty or defaults.repetition_penalty})
 
     async def run(request: Request, req: _Sampling, prompt, chat: bool, max_tokens: int | None):
         where = "messages" if chat else "prompt"

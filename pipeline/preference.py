@@ -66,6 +66,9 @@ class PreferenceArguments(JudgeArguments):
     stop_loops: bool = field(default=False, metadata={
         "help": "end a sample's thread when it falls into a loop (Options.stop_loops): a stopped loop counts as "
                 "broken too, and sampling does not spend the budget on it"})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "HF's and vLLM's repetition penalty (1 = off), tags and end tokens spared "
+                "(Options.repetition_penalty): samples decoded as the evaluation decodes"})
     device: str | None = None
     sampling_seed: int = field(default=0, metadata={
         "help": "answer j of a prompt is drawn with seed sampling_seed·100003 + j (finetune.check's convention)"})
@@ -183,9 +186,10 @@ def _draw_shard(args: PreferenceArguments, policy: str, out: Path, prompts: list
 
 
 def _settings(args: PreferenceArguments) -> dict:
-    # stop_loops only when on: samples drawn before the option existed stay valid
+    # stop_loops and the penalty only when on: samples drawn before the options existed stay valid
     return {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-            "seed": args.sampling_seed, **({"stop_loops": True} if args.stop_loops else {})}
+            "seed": args.sampling_seed, **({"stop_loops": True} if args.stop_loops else {}),
+            **({"repetition_penalty": args.repetition_penalty} if args.repetition_penalty != 1.0 else {})}
 
 
 def _usable(path: Path, policy: str, settings: dict) -> list[dict]:
@@ -233,7 +237,8 @@ def _draw(args: PreferenceArguments, policy: str, out: Path, prompts: list[dict]
         for start in range(0, len(seeds), args.batch):  # one prompt's answers share every forward pass
             chunk = seeds[start:start + args.batch]
             options = [Options(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                               seed=sample_seed(args.sampling_seed, j), stop_loops=args.stop_loops) for j in chunk]
+                               seed=sample_seed(args.sampling_seed, j), stop_loops=args.stop_loops,
+                               repetition_penalty=args.repetition_penalty) for j in chunk]
             results = engine.generate_many(p["messages"], options, record_layout=True)
             rows = [{"id": p["id"], "score_seed": j, "policy": policy, "settings": settings, "messages": p["messages"],
                      "stored": r.stored, "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs),

@@ -49,6 +49,17 @@ def test_remote_backend_decodes_the_same_structure_as_the_engine(served):
         assert remote.requests == app.state.stats["requests"] - before == 4  # main, 2 blocks, main after the sync
 
 
+
+@pytest.mark.parametrize("served", ["plain"], indirect=True)
+def test_remote_backend_sends_the_repetition_penalty(served):
+    engine, url, _ = served
+    raw_prompt = engine.tokenizer.decode(prompt_ids(engine.tokenizer, "List"))
+    opts = Options(max_new_tokens=24, repetition_penalty=3.0)
+    remote = RemoteInterpreter(url, "tiny").generate(raw_prompt, opts, mode="sequential")
+    penalized = engine.generate("List", "sequential", opts).text
+    assert remote.text == penalized != engine.generate("List", "sequential", Options(max_new_tokens=24)).text
+
+
 # -- from the command line: `generate|serve --backend openai`, the project's server standing in for vLLM ------
 
 def free_port() -> int:

@@ -59,11 +59,21 @@ def test_completions_models_and_health(server):
     assert httpx.get(server["url"] + "/health").json()["status"] == "ok"
 
 
+
+def test_repetition_penalty_is_taken_as_vllm_takes_it(server):
+    r = client(server).chat.completions.create(model="tiny-pasta", messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=16, extra_body={"repetition_penalty": 2.0})
+    expected = server["engine"].generate("Hi", options=Options(max_new_tokens=16, repetition_penalty=2.0))
+    assert r.choices[0].message.content == expected.text
+    assert expected.text != server["engine"].generate("Hi", options=Options(max_new_tokens=16)).text
+
+
 @pytest.mark.parametrize("kwargs, param", [
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 5}, "temperature"),
     ({"messages": [{"role": "user", "content": "x"}], "n": 17}, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "extra_body": {"repetition_penalty": 0}}, "repetition_penalty"),
 ])
 def test_bad_requests_get_openai_style_400(server, kwargs, param):
     with pytest.raises(openai.BadRequestError) as info:
