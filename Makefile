@@ -49,10 +49,12 @@ finetune-pair: setup
 	OMP_NUM_THREADS=1 $(PY) -m finetune --config $(FINETUNE_CONFIG) --variant pasta $(FINETUNE_ARGS) & pid=$$!; \
 	OMP_NUM_THREADS=1 $(PY) -m finetune --config $(FINETUNE_CONFIG) --variant baseline $(FINETUNE_ARGS) && wait $$pid
 
-# does the PASTA model write tags the engine runs as written? (held-out prompts of the dataset)
+# does the PASTA model write tags the engine runs as written? (held-out prompts of the dataset; the repetition
+# penalty of the demos' evaluations)
 CHECK_ARGS ?=
 check: setup
-	$(PY) -m finetune.check --run_dir $(RUN_DIR) --model $(RUN_DIR)/models/pasta-sft $(CHECK_ARGS)
+	$(PY) -m finetune.check --run_dir $(RUN_DIR) --model $(RUN_DIR)/models/pasta-sft --repetition_penalty 1.15 \
+		$(CHECK_ARGS)
 
 prefopt: setup
 	$(PY) -m finetune.prefopt --config $(PREFOPT_CONFIG) $(PREFOPT_ARGS)

@@ -81,7 +81,10 @@ class SkeletonOfThought:
         e, tok = self.engine, self.engine.tokenizer
         # a conversation's earlier turns come before the skeleton and expansion prompts, about its last question
         history, instruction = ([], prompt) if isinstance(prompt, str) else (prompt[:-1], prompt[-1]["content"])
-        skeleton_opts = Options(**{**self.options.__dict__, "max_new_tokens": min(128, self.options.max_new_tokens)})
+        # the skeleton is the method's structure, as PASTA's tags are: spared by the repetition penalty (with it the
+        # numbered points broke and every answer fell back to plain decoding)
+        skeleton_opts = Options(**{**self.options.__dict__, "max_new_tokens": min(128, self.options.max_new_tokens),
+                                   "repetition_penalty": 1.0})
         start = time.perf_counter()
         sk = e.generate(history + [{"role": "user", "content": SKELETON_PROMPT.format(question=instruction)}],
                         mode="sequential", options=skeleton_opts)

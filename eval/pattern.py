@@ -34,7 +34,8 @@ class _Thread:
         self.tid, self.number, self.detok = tid, number, detok
         self.feed = list(forced or [])
         self.drawn, self.text, self.done = 0, "", False
-        self.seen: set[int] = set(forced or [])  # what the repetition penalty counts
+        self.context: list[int] = []  # what the repetition penalty counts (interpreter.sampling.penalize)
+        self.inherited = 0  # an item: how much of its context is main's
 
 
 class PatternDecoder:
@@ -57,7 +58,7 @@ class _Run:
         self.layout, self.cache = ThreadLayout(), new_cache(self.e.model)
         self.sampler = dec.source or Sampler(self.opts, self.e.device)
         self.main = _Thread(MAIN, None, Detokenizer(self.tok))
-        self.main.seen = set(prompt) - self.e.unpenalized
+        self.main.context = [t for t in prompt if t not in self.e.unpenalized]
         self.segments: list[list] = [["main", ""]]  # main text, with ["item", n] where a thread's item goes
         self.ends: list[tuple[int, int, int]] = []  # per main token fed: (answer offset after it, vis, position)
         self.items: dict[int, _Thread] = {}
@@ -117,7 +118,7 @@ class _Run:
         tokens = self.sampler.draw(rows, who)
         for th, t in zip(who, tokens):
             if t not in self.e.unpenalized:
-                th.seen.add(t)
+                th.context.append(t)
         return tokens
 
     # -- main ---------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ class _Run:
     def _adopt(self) -> None:
         n = self.current + 1
         self.layout.merge(self.items[n].tid)
-        self.main.seen |= self.items[n].seen
+        self.main.context += self.items[n].context[self.items[n].inherited:]
         self.segments += [["item", n], ["main", ""]]
         self.current = n
         if n + self.ahead - 1 not in self.items:
@@ -186,7 +187,9 @@ class _Run:
     def _fork(self, n: int, vis: int, position: int) -> None:
         forced = encode(self.tok, self.sep + f"{n}{self.delim}")
         self.items[n] = _Thread(self.layout.branch(vis, position), forced, Detokenizer(self.tok, forced), n)
-        self.items[n].seen |= self.main.seen  # approximately what it sees: the answer through item 1 and a bit
+        # main's context has its item 2 marker too: a few tokens more than the thread sees
+        self.items[n].context = [*self.main.context, *forced]
+        self.items[n].inherited = len(self.main.context)
 
     def _drop_items(self) -> None:
         adopted = {s[1] for s in self.segments if s[0] == "item"}

@@ -45,7 +45,10 @@ class Thread:
         self.held: int | None = None  # main: token drawn after a sync, fed once the blocks end
         self.room_for_promise = lambda: True  # main: whether the budget holds another promise (the request's rule)
         self.promised = 0  # a block: its promise's tokens
-        self.seen: set[int] = set()  # what the repetition penalty counts: the prompt and the text this thread sees
+        # what the repetition penalty counts (Options.repetition_penalty): the prompt and the text this thread
+        # sees, in order, tags and end tokens left out
+        self.context: list[int] = []
+        self.inherited = 0  # a block: how much of its context is main's, from before its promise
 
     @property
     def in_tag(self) -> bool:
@@ -88,7 +91,8 @@ class Request:
         self.layout = ThreadLayout()
         self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
         self.main.room_for_promise = self._room_for_promise
-        self.main.seen = set(self.prompt_ids) - engine.unpenalized
+        self.main.context = [t for t in self.prompt_ids if t not in engine.unpenalized]
+        self.synced = 0  # blocks whose text main's context holds
         self.blocks: list[Thread] = []
         self.promises: list[tuple] = []  # main's items of the promises accepted (blocks forked or about to be)
         self.last_tag_tokens = 0  # main's tokens for the last promise tag (guarded decoding only)
@@ -209,7 +213,9 @@ class Request:
             self.layout.sync()
             if self.trace is not None:
                 self.trace.sync()
-            main.seen.update(*(b.seen for b in self.blocks))
+            for b in self.blocks[self.synced:]:
+                main.context += b.context[b.inherited:]
+            self.synced = len(self.blocks)
             main.state, main.feed, main.held = RUNNING, [main.held], None
         if main.state == RUNNING and main.feed:
             put(main, main.feed[0], True)
@@ -221,7 +227,7 @@ class Request:
                     self.trace.fork(reserved)
                 block = Thread(tid, Detokenizer(self.e.tokenizer, self.e.async_ids))
                 block.state, block.feed, block.promised = QUEUED, list(self.e.async_ids), tag.tokens
-                block.seen = set(main.seen)
+                block.context, block.inherited = list(main.context), len(main.context)
                 self.blocks.append(block)
             main.forks = []
         running = sum(b.state == RUNNING for b in self.blocks)
@@ -254,7 +260,7 @@ class Request:
             else:
                 self._block_drew(th, token)
             if not (in_tag or th.in_tag or token in self.e.unpenalized):  # text, not a tag
-                th.seen.add(token)
+                th.context.append(token)
 
     def _main_drew(self, main: Thread, token: int) -> None:
         if token in self.e.end_ids:  # the end is an implicit sync: wait for the blocks, feed nothing

@@ -9,13 +9,13 @@ from .parser import parse
 
 
 def penalize(rows: torch.Tensor, threads, penalty: float) -> torch.Tensor:
-    """The repetition penalty of HF's `generate` and vLLM: a token a thread has seen (its `seen` ids) is made less
-    likely, a positive logit divided by `penalty` and a negative one multiplied. A thread writing a tag
-    (`in_tag`) draws unpenalized: every promise repeats the pieces and digits of the one before."""
+    """The repetition penalty of HF's `generate` and vLLM over each thread's `context` (the tokens it has seen): a
+    seen token is made less likely, a positive logit divided by `penalty` and a negative one multiplied. A thread
+    writing a tag (`in_tag`) draws unpenalized: every promise repeats the pieces and digits of the one before."""
     rows = rows.float().clone()
     for i, th in enumerate(threads):
-        if th.seen and not th.in_tag:
-            ids = torch.tensor(list(th.seen), device=rows.device)
+        if th.context and not th.in_tag:
+            ids = torch.tensor(sorted(set(th.context)), device=rows.device)
             seen = rows[i, ids]
             rows[i, ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
     return rows

@@ -44,6 +44,17 @@ def test_sot_expands_every_point_in_one_batch(engine, monkeypatch):
     assert r["text"].startswith("1. alpha") and "\n2. beta" in r["text"] and "\n3. gamma" in r["text"]
 
 
+
+def test_sot_spares_its_skeleton_the_repetition_penalty(engine, monkeypatch):
+    asked = {}
+    real = engine.generate_batch
+    monkeypatch.setattr(engine, "generate", lambda *a, options, **k: asked.setdefault("skeleton", options) and type(
+        "R", (), {"text": "1. alpha\n2. beta", "thread_tokens": [6], "steps": 7})())
+    monkeypatch.setattr(engine, "generate_batch", lambda p, options, batch_size: asked.setdefault(
+        "expansions", options) and real(p, options, batch_size))
+    SkeletonOfThought(engine, "tiny", Options(max_new_tokens=60, repetition_penalty=1.15)).answer("Q")
+    assert asked["skeleton"].repetition_penalty == 1.0 and asked["expansions"].repetition_penalty == 1.15
+
 def test_pattern_adopts_item_threads_while_the_model_continues_the_list(engine):
     tok = engine.tokenizer
     main = encode(tok, "Intro:\n1. a b\n2. c d\n3.") + encode(tok, "4.") + encode(tok, "\nEnd")

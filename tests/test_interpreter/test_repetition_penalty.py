@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny import bpe_tokenizer, tag_token_tokenizer, tiny_model
 
-from interpreter import Engine, Options, Script, encode, parse, turn_end_id
+from interpreter import Engine, Options, Script, encode, turn_end_id
 from interpreter.sampling import penalize
 
 STORED = ('Tips:<promise topic="sleep" tokens="20"/><async> sleep eight hours</async>'
@@ -44,29 +44,29 @@ def test_pasta_mode_draws_with_the_penalty(engine):
 
 
 @pytest.mark.parametrize("make_tokenizer", [bpe_tokenizer, tag_token_tokenizer])
-def test_a_thread_counts_what_it_sees_and_no_tag(make_tokenizer):
+def test_a_thread_counts_what_it_sees_in_order_and_no_tag(make_tokenizer):
     tok = make_tokenizer()
     engine = Engine(tiny_model("llama", len(tok)), tok)
     prompt = encode(tok, "Try these tips")
     request = engine.add(prompt, source=Script.from_stored(STORED, tok, turn_end_id(tok)))
     engine._run([request])
     main, first, second = request.main, *request.blocks
-    ids = lambda text: set(encode(tok, text))  # noqa: E731
-    sleep, water = ids(" sleep eight hours") - ids(" drink water"), ids(" drink water") - ids(" sleep eight hours")
-    assert ids("Tips:") | set(prompt) <= first.seen and sleep <= first.seen and not water & first.seen
-    assert water <= second.seen and not sleep & second.seen  # a block never sees its sibling
-    assert sleep | water | ids(" Together they add up.") <= main.seen  # main, after the sync, sees both
-    tag_only = set(encode(tok, STORED)) - set(encode(tok, parse(STORED).stripped)) - set(prompt)
-    assert tag_only and not tag_only & (main.seen | first.seen | second.seen)
+    before = prompt + encode(tok, "Tips:")
+    assert first.context == before + encode(tok, " sleep eight hours")
+    assert second.context == before + encode(tok, " drink water")  # a block never sees its sibling
+    # main, after the sync, sees both blocks (the token it drew at the sync, before it saw them, comes first); no
+    # token of a tag is counted
+    assert sorted(main.context) == sorted(before + encode(tok, " sleep eight hours") + encode(tok, " drink water")
+                                          + encode(tok, " Together they add up."))
 
 
 def test_penalize_spares_a_thread_inside_a_tag():
     class Thread:
-        def __init__(self, seen, in_tag):
-            self.seen, self.in_tag = seen, in_tag
+        def __init__(self, context, in_tag):
+            self.context, self.in_tag = context, in_tag
 
     rows = torch.tensor([[2.0, -2.0, 1.0], [2.0, -2.0, 1.0]])
-    out = penalize(rows, [Thread({0, 1}, False), Thread({0, 1}, True)], 2.0)
+    out = penalize(rows, [Thread([0, 1, 0], False), Thread([0, 1, 0], True)], 2.0)
     assert out.tolist() == [[1.0, -4.0, 1.0], [2.0, -2.0, 1.0]]
 
 
