@@ -58,7 +58,8 @@ class _Run:
         self.layout, self.cache = ThreadLayout(), new_cache(self.e.model)
         self.sampler = dec.source or Sampler(self.opts, self.e.device)
         self.main = _Thread(MAIN, None, Detokenizer(self.tok))
-        self.main.context = [t for t in prompt if t not in self.e.unpenalized]
+        self.counting = self.opts.repetition_penalty != 1.0  # contexts are kept only for a penalty
+        self.main.context = [t for t in prompt if t not in self.e.unpenalized] if self.counting else []
         self.segments: list[list] = [["main", ""]]  # main text, with ["item", n] where a thread's item goes
         self.ends: list[tuple[int, int, int]] = []  # per main token fed: (answer offset after it, vis, position)
         self.items: dict[int, _Thread] = {}
@@ -117,7 +118,7 @@ class _Run:
         self.drawn += len(who)
         tokens = self.sampler.draw(rows, who)
         for th, t in zip(who, tokens):
-            if t not in self.e.unpenalized:
+            if self.counting and t not in self.e.unpenalized:
                 th.context.append(t)
         return tokens
 

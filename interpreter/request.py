@@ -91,7 +91,10 @@ class Request:
         self.layout = ThreadLayout()
         self.main = Thread(MAIN, Detokenizer(engine.tokenizer))
         self.main.room_for_promise = self._room_for_promise
-        self.main.context = [t for t in self.prompt_ids if t not in engine.unpenalized]
+        # contexts are kept only for a penalty: off, the decoding loop does no bookkeeping for it (blocks copy
+        # main's empty context)
+        self.counting = self.opts.repetition_penalty != 1.0
+        self.main.context = [t for t in self.prompt_ids if t not in engine.unpenalized] if self.counting else []
         self.synced = 0  # blocks whose text main's context holds
         self.blocks: list[Thread] = []
         self.promises: list[tuple] = []  # main's items of the promises accepted (blocks forked or about to be)
@@ -254,12 +257,12 @@ class Request:
                 self.trace.drew(self._trace_rows[i], token)
             th.drawn += 1
             self.total += 1
-            in_tag = th.in_tag
+            in_tag = self.counting and th.in_tag
             if th.tid == MAIN:
                 self._main_drew(th, token)
             else:
                 self._block_drew(th, token)
-            if not (in_tag or th.in_tag or token in self.e.unpenalized):  # text, not a tag
+            if self.counting and not (in_tag or th.in_tag or token in self.e.unpenalized):  # text, not a tag
                 th.context.append(token)
 
     def _main_drew(self, main: Thread, token: int) -> None:

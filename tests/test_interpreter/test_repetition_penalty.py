@@ -48,7 +48,9 @@ def test_a_thread_counts_what_it_sees_in_order_and_no_tag(make_tokenizer):
     tok = make_tokenizer()
     engine = Engine(tiny_model("llama", len(tok)), tok)
     prompt = encode(tok, "Try these tips")
-    request = engine.add(prompt, source=Script.from_stored(STORED, tok, turn_end_id(tok)))
+    # a replay draws no penalty, but keeps the contexts a penalized decoding would count
+    request = engine.add(prompt, options=Options(repetition_penalty=1.15),
+                         source=Script.from_stored(STORED, tok, turn_end_id(tok)))
     engine._run([request])
     main, first, second = request.main, *request.blocks
     before = prompt + encode(tok, "Tips:")
