@@ -42,9 +42,9 @@ class FinetuneArguments:
     variant: Literal["pasta", "baseline", "both"] = field(default="pasta", metadata={
         "help": "pasta: train on the annotated answers; baseline: Baseline-SFT on the stripped answers; both"})
     add_tag_tokens: bool | None = field(default=None, metadata={
-        "help": "pasta variant: add the tag pieces as tokens (about 8 tokens per promise instead of 18) and train "
-                "their embeddings. Unset: as the dataset measured its costs (data_gen's tag_tokens); a value that "
-                "disagrees with the dataset is refused"})
+        "help": "pasta variant: add the tag pieces as tokens (4 tokens and the topic per promise instead of 18) and "
+                "train their embeddings. Unset: as the dataset measured its costs (data_gen's tag_tokens); a value "
+                "that disagrees with the dataset is refused"})
     tag_token_learning_rate: float | None = field(default=None, metadata={
         "help": "with train_layers (full finetuning): the learning rate of the new tag tokens' rows, which start far "
                 "from where they must end (default: the learning rate)"})

@@ -14,10 +14,10 @@ the tag's next fixed piece (`" tokens="`, a digit, `"/>`), so a tag once opened 
 (redrawing there lengthened the last word instead: `book` became `bookshelves-and`). Elsewhere, when the
 redraws find no valid token, the same closing pieces are the last resort.
 
-With the tag pieces as added tokens, a promise's inner pieces (`" tokens="`, and `"/>` where the tokenizer did
-not hold it already) are tokens a student has only seen inside a promise tag; drawn anywhere else they are text
-to the language but a leak to the reader (`3. Research" tokens="30"/>` in a block), so the guard takes them only
-inside an open promise.
+With the tag pieces as added tokens, a promise's inner pieces (`" tokens="`, a length's close `" tokens="40"/>`,
+and `"/>` where the tokenizer did not hold it already) are tokens a student has only seen inside a promise tag;
+drawn anywhere else they are text to the language but a leak to the reader (`3. Research" tokens="30"/>` in a
+block), so the guard takes them only inside an open promise.
 
 Main begins a promise only while the answer's budget has room for one like its last (`Thread.room_for_promise`,
 which the request provides): a student that sees its list as topics only promised more items than
@@ -33,11 +33,12 @@ from __future__ import annotations
 import torch
 
 from .layout import MAIN, encode
+from .tag_tokens import LENGTH_PIECES
 from .tags import BLOCK_TAGS, CLOSE_TAG, MAIN_TAGS, SYNC, may_take
 
 TOPIC_WORDS = 4  # a list number and three words: each is a step on main's critical path (the teacher writes up to 6)
 TOKENS_DIGITS = 3  # under 1000: main's position jumps by `tokens`, and a student's `7000`s ran past the model's 8192
-INNER_PIECES = ('" tokens="', '"/>')  # what a promise tag holds after its topic
+INNER_PIECES = ('" tokens="', '"/>', *LENGTH_PIECES)  # what a promise tag holds after its topic
 NO_PROMISE = (SYNC,)  # main's tags once the budget has no room for another promise
 OVERRUN = 1.5  # a block past this many times its promised tokens ends at its next line break
 # ' tokens="' too: a topic closed by a plain `"` (`Arrive="`) needs the rest of the piece when `" tokens="` is one token
@@ -55,11 +56,12 @@ class TagGuard:
         self.overrun = overrun
         close = encode(tokenizer, CLOSE_TAG)  # one token with the tag pieces added; `</`, `async`, `>` as text
         self.close_after = {tokenizer.decode(close[:k]): t for k, t in enumerate(close)}  # what is pending -> next
-        self.closers = torch.tensor(sorted({t for p in CLOSING_PIECES for t in encode(tokenizer, p)}))
-        self.quoted = {t for t in self.closers.tolist() if tokenizer.decode([t]).lstrip().startswith(('"', "<"))}
-        self._has_lt: dict[int, bool] = {}
         added = tokenizer.get_added_vocab()
         self.inner = {added[p] for p in INNER_PIECES if p in added}  # only with the tag pieces as added tokens
+        lengths = {added[p] for p in LENGTH_PIECES if p in added}  # a length's close ends a promise in one token
+        self.closers = torch.tensor(sorted({t for p in CLOSING_PIECES for t in encode(tokenizer, p)} | lengths))
+        self.quoted = {t for t in self.closers.tolist() if tokenizer.decode([t]).lstrip().startswith(('"', "<"))}
+        self._has_lt: dict[int, bool] = {}
 
     def _may_open_tag(self, token: int) -> bool:
         if token not in self._has_lt:

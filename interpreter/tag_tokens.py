@@ -1,8 +1,12 @@
 """Tag tokenization: tags as plain text (works with any tokenizer) or as added tokens.
 
 Plain text costs about 18 tokens per promise with SmolLM2's tokenizer (promise tag,
-`<async>`, `</async>`); with the pieces below added as tokens it costs about 8. Every
-token of a tag sits on the critical path, so the cheap form raises the speedup cap.
+`<async>`, `</async>`); with the pieces below added as tokens it costs 4 and the topic's tokens.
+Every token of a tag sits on the critical path, so the cheap form raises the speedup cap.
+
+A promise's close with its length is one piece for each multiple of 10 up to 300 (the paper's best
+position setting writes lengths rounded to tens): the student picks its estimate in one step, where
+`" tokens="`, two digits and `"/>` take four. Other lengths are written with the general pieces.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 from .layout import encode
 from .tags import CLOSE_TAG, OPEN_TAG, SYNC_TAG, promise_tag
 
-TAG_PIECES = ('<promise topic="', '" tokens="', '"/>', OPEN_TAG, CLOSE_TAG, SYNC_TAG)
+LENGTH_PIECES = tuple(f'" tokens="{n}"/>' for n in range(10, 301, 10))
+TAG_PIECES = ('<promise topic="', '" tokens="', '"/>', OPEN_TAG, CLOSE_TAG, SYNC_TAG, *LENGTH_PIECES)
 
 
 def has_tag_tokens(tokenizer) -> bool:

@@ -174,6 +174,20 @@ def test_a_promise_piece_as_added_token_stays_inside_a_promise():
     assert r.threads == 1 and r.repairs == [] and r.steered >= 2
 
 
+def test_a_length_piece_as_added_token_stays_inside_a_promise():
+    """`" tokens="40"/>` is one added token: inside a promise it closes the tag in one step, in a block's text it
+    would leak the tag's form (`4. Pack a mix" tokens="70"/>`), so the guard masks it there."""
+    tok = tag_token_tokenizer()
+    tagged = Engine(tiny_model("llama", len(tok)), tok)
+    main, block = 'A<promise topic="x" tokens="40"/>B<sync/>', 'y" tokens="40"/>w</async>'
+    assert '" tokens="40"/>' in tok.convert_ids_to_tokens(encode(tok, main))
+    unguarded = wish(tagged, main, [block], guard_tags=False)
+    assert unguarded.text.count('" tokens="40"/>') == 1
+    r = wish(tagged, main, [block])
+    assert r.threads == 1 and r.repairs == [] and r.steered >= 1
+    assert '"/>' not in r.text and "yw" in r.text and parse(r.stored).blocks[0].promise.tokens == 40
+
+
 def test_a_topic_closed_by_a_plain_quote_is_finished_with_tag_tokens():
     """A tag-token student closed a topic with the ordinary token `="` (`topic="8. Arrive="50"/>`), after
     which the added token `" tokens="` no longer fits: the guard writes the rest of it as text."""

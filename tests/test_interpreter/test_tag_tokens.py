@@ -38,8 +38,18 @@ def test_layout_uses_one_token_per_tag_piece_when_added():
     add_tag_tokens(tok)
     lay = build_layout(TEXT, tok, prompt_ids=[])
     pieces = tok.convert_ids_to_tokens(lay.input_ids)
-    for piece in ("<async>", "</async>", "<sync/>", '<promise topic="', '"/>'):
+    for piece in ("<async>", "</async>", "<sync/>", '<promise topic="', '" tokens="20"/>'):
         assert piece in pieces
+
+
+def test_a_length_in_tens_closes_a_promise_in_one_token_and_others_in_pieces():
+    tok = _fresh()
+    add_tag_tokens(tok)
+    tens = encode(tok, '<promise topic="a" tokens="40"/>')
+    other = encode(tok, '<promise topic="a" tokens="45"/>')
+    assert tok.convert_ids_to_tokens(tens)[-1] == '" tokens="40"/>'
+    assert tok.convert_ids_to_tokens(other)[-1] == '"/>' and len(other) > len(tens)
+    assert tok.decode(other) == '<promise topic="a" tokens="45"/>'
 
 
 @pytest.mark.slow
@@ -50,8 +60,9 @@ def test_embedded_tokenizer_tag_costs():
     plain = tag_cost(tok)
     add_tag_tokens(tok)
     cheap = tag_cost(tok)
-    assert plain["per_promise"] == 18 and cheap["per_promise"] == 8  # the numbers docs/pasta-lang.md quotes
+    assert plain["per_promise"] == 18 and cheap["per_promise"] == 5  # the numbers docs/pasta-lang.md quotes
     assert plain["sync"] == 3 and cheap["sync"] == 1
+    assert tag_cost(tok, "sleep", 25)["per_promise"] == 8  # a length off the tens: pieces and digits
 
 
 def _fresh():
