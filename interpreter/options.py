@@ -23,7 +23,7 @@ class Options:
     top_k: int = 0  # 0 = off
     seed: int | None = None
     # HF's and vLLM's repetition_penalty (1 = off): what a thread has seen, prompt included, is made less likely;
-    # tags and end tokens are never penalized (interpreter.sampling.penalize)
+    # tags (but their topics) and end tokens are never penalized (interpreter.sampling.penalize)
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()  # stop strings, matched in the main thread's text
     guard_tags: bool = True  # pasta mode: redraw a token that would write an invalid tag (interpreter.guard)

@@ -24,7 +24,7 @@ from .options import Options, Result
 from .parser import make_block, make_document, make_sync, render
 from .repetition import LOOP_TAIL, loops
 from .sampling import Sampler
-from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text
+from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text, in_topic
 
 RUNNING, QUEUED, CLOSING, WAITING, DONE = "running", "queued", "closing", "waiting", "done"
 SETTLE_TAIL = 512  # characters of main's text checked for what may still be cut (a tag opener, a stop string)
@@ -46,13 +46,15 @@ class Thread:
         self.room_for_promise = lambda: True  # main: whether the budget holds another promise (the request's rule)
         self.promised = 0  # a block: its promise's tokens
         # what the repetition penalty counts (Options.repetition_penalty): the prompt and the text this thread
-        # sees, in order, tags and end tokens left out
+        # sees, in order, tags (but their topics) and end tokens left out
         self.context: list[int] = []
         self.inherited = 0  # a block: how much of its context is main's, from before its promise
 
     @property
     def in_tag(self) -> bool:
-        return bool(self.lexer.pending)
+        """Writing a tag's fixed parts, which the repetition penalty spares. A topic is text to it: a promise repeats
+        the pieces of the one before, but a topic that repeats an earlier one makes its block repeat one too."""
+        return bool(self.lexer.pending) and not in_topic(self.lexer.pending)
 
     def text(self) -> str:
         return "".join(i[1] for i in self.items if i[0] == "text")

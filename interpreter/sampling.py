@@ -11,7 +11,8 @@ from .parser import parse
 def penalize(rows: torch.Tensor, threads, penalty: float) -> torch.Tensor:
     """The repetition penalty of HF's `generate` and vLLM over each thread's `context` (the tokens it has seen): a
     seen token is made less likely, a positive logit divided by `penalty` and a negative one multiplied. A thread
-    writing a tag (`in_tag`) draws unpenalized: every promise repeats the pieces and digits of the one before."""
+    writing a tag's fixed parts (`in_tag`) draws unpenalized: every promise repeats the pieces of the one before.
+    A topic is text: counted, and penalized, so that main does not give two blocks one topic."""
     rows = rows.float().clone()
     for i, th in enumerate(threads):
         if th.context and not th.in_tag:

@@ -64,6 +64,13 @@ def promise_tag(topic: str, tokens: int) -> str:
     return f'<promise topic="{topic}" tokens="{tokens}"/>'
 
 
+def in_topic(pending: str) -> bool:
+    """Whether a lexer holding `pending` is inside a canonical promise tag's topic (its opening quote written, not
+    its closing one)."""
+    opening = '<promise topic="'
+    return pending.startswith(opening) and '"' not in pending[len(opening):]
+
+
 # The canonical text of the other tags (a sync may also hold spaces before its `/>`).
 OPEN_TAG = "<async>"
 CLOSE_TAG = "</async>"
@@ -232,7 +239,9 @@ class Lexer:
 
 # The tags a thread may write, in the canonical form the engine's guard keeps a model to (every string
 # that fully matches is read by `read_tag` as a valid tag of that kind).
-_WORD = r'[^\s"<>*]{1,24}'  # a topic word; longer ones are runaway repeats (1.1.1.1.1.1...)
+# a topic word: at most 24 characters, and no digit after a number and its dot (`3.5` too; a student wrote
+# `topic="1.1.1.1.1.1.1.1.1.1.1.1."`, 24 tokens on main's critical path, where the number ends the topic)
+_WORD = r'(?:(?!\d+\.\d)[^\s"<>*]){1,24}'
 _SPACE = r"(?:\s{1,3})"  # bounded, so that a model cannot pad a tag with whitespace forever
 _TOPIC_SPACE = r"(?: {1,3})"  # a topic is one line
 

@@ -27,6 +27,8 @@ P = '<promise topic="{}" tokens="5"/>'
     ('<promise topic="1.', " **", MAIN_TAGS, False),  # the answer's markdown, not a topic
     ('<promise topic="1.', "\n", MAIN_TAGS, False),  # a topic is one line
     ('<promise topic="1.', " Pack", MAIN_TAGS, True),
+    ('<promise topic="1.', "1", MAIN_TAGS, False),  # a list number runs on as 1.1.1.1..., not a topic
+    ('<promise topic="1. 3', "x", MAIN_TAGS, True),
     ('<promise topic="a" tokens="5"', ">", MAIN_TAGS, False),  # not self-closing
     ('<promise topic="a" tokens="', "0", MAIN_TAGS, False),
     ("", "<sync/>", MAIN_TAGS, True),

@@ -5,6 +5,7 @@ import torch
 from tiny import bpe_tokenizer, tag_token_tokenizer, tiny_model
 
 from interpreter import Engine, Options, Script, encode, turn_end_id
+from interpreter.request import Thread
 from interpreter.sampling import penalize
 
 STORED = ('Tips:<promise topic="sleep" tokens="20"/><async> sleep eight hours</async>'
@@ -44,7 +45,7 @@ def test_pasta_mode_draws_with_the_penalty(engine):
 
 
 @pytest.mark.parametrize("make_tokenizer", [bpe_tokenizer, tag_token_tokenizer])
-def test_a_thread_counts_what_it_sees_in_order_and_no_tag(make_tokenizer):
+def test_a_thread_counts_what_it_sees_in_order_topics_but_no_tag_piece(make_tokenizer):
     tok = make_tokenizer()
     engine = Engine(tiny_model("llama", len(tok)), tok)
     prompt = encode(tok, "Try these tips")
@@ -54,12 +55,22 @@ def test_a_thread_counts_what_it_sees_in_order_and_no_tag(make_tokenizer):
     engine._run([request])
     main, first, second = request.main, *request.blocks
     before = prompt + encode(tok, "Tips:")
-    assert first.context == before + encode(tok, " sleep eight hours")
-    assert second.context == before + encode(tok, " drink water")  # a block never sees its sibling
+    sleep, water = encode(tok, "sleep"), encode(tok, "water")  # topics are text: main gives no topic twice
+    assert first.context == before + sleep + encode(tok, " sleep eight hours")
+    assert second.context == before + sleep + water + encode(tok, " drink water")  # never its sibling's text
     # main, after the sync, sees both blocks (the token it drew at the sync, before it saw them, comes first); no
-    # token of a tag is counted
-    assert sorted(main.context) == sorted(before + encode(tok, " sleep eight hours") + encode(tok, " drink water")
-                                          + encode(tok, " Together they add up."))
+    # token of a tag's fixed pieces is counted
+    assert sorted(main.context) == sorted(before + sleep + water + encode(tok, " sleep eight hours")
+                                          + encode(tok, " drink water") + encode(tok, " Together they add up."))
+
+
+@pytest.mark.parametrize("written, in_tag", [('<promise topic="', False), ('<promise topic="1. Pack', False),
+                                             ('<promise topic="1. Pack"', True), ('<promise topic="a" tokens="4', True),
+                                             ("<sy", True), ("Pack", False)])
+def test_a_topic_is_text_to_the_penalty_and_a_tag_s_fixed_pieces_are_not(written, in_tag):
+    thread = Thread(0, None)
+    thread.lexer.feed(written)
+    assert thread.in_tag == in_tag
 
 
 def test_penalize_spares_a_thread_inside_a_tag():
