@@ -23,6 +23,9 @@ Main begins a promise only while the answer's budget has room for one like its l
 which the request provides): a student that sees its list as topics only promised more items than
 `max_new_tokens` holds, and the last blocks were cut.
 
+Main writes a sync only while a block is unsynced: one with nothing to wait for is valid but a step on the critical
+path, and a half-trained student wrote `<sync/>` 310 times at the end of an answer until the budget ran out.
+
 A block keeps its promise: once it has drawn `overrun` times the promised tokens, it ends at its next line break
 (the guard writes `</async>` there). Blocks that run that far past their promise loop or wander (`2. Carry a
 "70"/> 3. Carry a "80"/>` on and on), and they spend the budget the later blocks and main's close need.
@@ -71,10 +74,11 @@ class TagGuard:
     @staticmethod
     def _kinds(thread) -> tuple[str, ...]:
         """The tags `thread` may write: a promise once begun is finished, a new one only while the budget has
-        room (asked only here, off the fast path)."""
+        room; a sync only while a block is unsynced (asked only here, off the fast path)."""
         if thread.tid != MAIN:
             return BLOCK_TAGS
-        return MAIN_TAGS if thread.lexer.pending.startswith("<promise") or thread.room_for_promise() else NO_PROMISE
+        kinds = MAIN_TAGS if thread.lexer.pending.startswith("<promise") or thread.room_for_promise() else NO_PROMISE
+        return kinds if thread.promised_since_sync() else tuple(k for k in kinds if k != SYNC)
 
     def allows(self, thread, token: int) -> bool:
         pending = thread.lexer.pending

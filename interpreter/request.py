@@ -59,6 +59,13 @@ class Thread:
     def text(self) -> str:
         return "".join(i[1] for i in self.items if i[0] == "text")
 
+    def promised_since_sync(self) -> bool:
+        """main: whether a sync would wait for a block (a promise since its last sync)."""
+        for item in reversed(self.items):
+            if item[0] != "text":
+                return item[0] == "promise"
+        return False
+
     def tail(self, chars: int) -> str:
         """At least the last `chars` characters of text() (all of it if shorter), without joining it all:
         the loop check runs on every token."""

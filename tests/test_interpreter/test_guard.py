@@ -204,6 +204,19 @@ def test_a_topic_closed_by_a_plain_quote_is_finished_with_tag_tokens():
     assert parse(r.stored).blocks[0].promise.topic == "x="
 
 
+def test_main_syncs_only_while_a_block_is_unsynced():
+    """A half-trained student wrote `<sync/>` 310 times at the end of an answer: a sync with nothing to wait for is
+    valid, but a step on the critical path each time, so the guard takes a sync only after a promise."""
+    tok = tag_token_tokenizer()
+    tagged = Engine(tiny_model("llama", len(tok)), tok)
+    main = 'A<sync/>B<promise topic="a" tokens="10"/>C<sync/><sync/><sync/>D'
+    unguarded = wish(tagged, main, ["x</async>"], guard_tags=False)
+    assert unguarded.stored.count("<sync/>") == 4
+    r = wish(tagged, main, ["x</async>"])
+    assert r.stored.count("<sync/>") == 1 and r.threads == 1 and r.repairs == [] and r.steered >= 2
+    assert r.stored.startswith("AB<promise") and "C<sync/>" in r.stored
+
+
 def test_a_promise_the_budget_cannot_hold_is_not_begun(engine):
     """A student that sees its list only as topics promised 8 to 11 items of 50 tokens in a 384-token budget,
     and the blocks were cut: once what the blocks still owe leaves less room than the last promise's N, main
