@@ -21,7 +21,7 @@ from interpreter.detok import Detokenizer
 from interpreter.kv import forward, new_cache
 from interpreter.layout import MAIN, ThreadLayout
 from interpreter.repetition import loops
-from interpreter.sampling import Sampler
+from interpreter.sampling import Context, Sampler
 
 _LIST_START = re.compile(r"(?:^|\n)[ \t]*1([.)])[ \t][^\n]*?(\n+[ \t]*)2\1$")
 SEEK, ITEM, CHECK, ADOPT, FREE = "seek", "item", "check", "adopt", "free"
@@ -34,8 +34,7 @@ class _Thread:
         self.tid, self.number, self.detok = tid, number, detok
         self.feed = list(forced or [])
         self.drawn, self.text, self.done = 0, "", False
-        self.context: list[int] = []  # what the repetition penalty counts (interpreter.sampling.penalize)
-        self.inherited = 0  # an item: how much of its context is main's
+        self.context = Context()  # what the repetition penalty counts (interpreter.sampling.penalize)
 
 
 class PatternDecoder:
@@ -59,7 +58,7 @@ class _Run:
         self.sampler = dec.source or Sampler(self.opts, self.e.device)
         self.main = _Thread(MAIN, None, Detokenizer(self.tok))
         self.counting = self.opts.repetition_penalty != 1.0  # contexts are kept only for a penalty
-        self.main.context = [t for t in prompt if t not in self.e.unpenalized] if self.counting else []
+        self.main.context = Context.of_prompt(prompt, self.e.unpenalized) if self.counting else Context()
         self.segments: list[list] = [["main", ""]]  # main text, with ["item", n] where a thread's item goes
         self.ends: list[tuple[int, int, int]] = []  # per main token fed: (answer offset after it, vis, position)
         self.items: dict[int, _Thread] = {}
@@ -173,7 +172,7 @@ class _Run:
     def _adopt(self) -> None:
         n = self.current + 1
         self.layout.merge(self.items[n].tid)
-        self.main.context += self.items[n].context[self.items[n].inherited:]
+        self.main.context += self.items[n].context.own()
         self.segments += [["item", n], ["main", ""]]
         self.current = n
         if n + self.ahead - 1 not in self.items:
@@ -189,8 +188,7 @@ class _Run:
         forced = encode(self.tok, self.sep + f"{n}{self.delim}")
         self.items[n] = _Thread(self.layout.branch(vis, position), forced, Detokenizer(self.tok, forced), n)
         # main's context has its item 2 marker too: a few tokens more than the thread sees
-        self.items[n].context = [*self.main.context, *forced]
-        self.items[n].inherited = len(self.main.context)
+        self.items[n].context = self.main.context.fork(forced)
 
     def _drop_items(self) -> None:
         adopted = {s[1] for s in self.segments if s[0] == "item"}

@@ -23,7 +23,7 @@ from .layout import MAIN, LayoutRecorder, ThreadLayout, encode
 from .options import Options, Result
 from .parser import make_block, make_document, make_sync, render
 from .repetition import LOOP_TAIL, loops
-from .sampling import Sampler
+from .sampling import Context, Sampler
 from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text, in_topic
 
 RUNNING, QUEUED, CLOSING, WAITING, DONE = "running", "queued", "closing", "waiting", "done"
@@ -47,8 +47,7 @@ class Thread:
         self.promised = 0  # a block: its promise's tokens
         # what the repetition penalty counts (Options.repetition_penalty): the prompt and the text this thread
         # sees, in order, tags (but their topics) and end tokens left out
-        self.context: list[int] = []
-        self.inherited = 0  # a block: how much of its context is main's, from before its promise
+        self.context = Context()
 
     @property
     def in_tag(self) -> bool:
@@ -103,7 +102,7 @@ class Request:
         # contexts are kept only for a penalty: off, the decoding loop does no bookkeeping for it (blocks copy
         # main's empty context)
         self.counting = self.opts.repetition_penalty != 1.0
-        self.main.context = [t for t in self.prompt_ids if t not in engine.unpenalized] if self.counting else []
+        self.main.context = Context.of_prompt(self.prompt_ids, engine.unpenalized) if self.counting else Context()
         self.synced = 0  # blocks whose text main's context holds
         self.blocks: list[Thread] = []
         self.promises: list[tuple] = []  # main's items of the promises accepted (blocks forked or about to be)
@@ -226,7 +225,7 @@ class Request:
             if self.trace is not None:
                 self.trace.sync()
             for b in self.blocks[self.synced:]:
-                main.context += b.context[b.inherited:]
+                main.context += b.context.own()
             self.synced = len(self.blocks)
             main.state, main.feed, main.held = RUNNING, [main.held], None
         if main.state == RUNNING and main.feed:
@@ -239,7 +238,7 @@ class Request:
                     self.trace.fork(reserved)
                 block = Thread(tid, Detokenizer(self.e.tokenizer, self.e.async_ids))
                 block.state, block.feed, block.promised = QUEUED, list(self.e.async_ids), tag.tokens
-                block.context, block.inherited = list(main.context), len(main.context)
+                block.context = main.context.fork()
                 self.blocks.append(block)
             main.forks = []
         running = sum(b.state == RUNNING for b in self.blocks)

@@ -8,6 +8,25 @@ from .layout import MAIN, encode, pieces
 from .parser import parse
 
 
+class Context(list):
+    """What a thread's repetition penalty counts: the tokens it has seen, in order. A child (a block, a pattern item)
+    starts from its parent's (`fork`) and gives back only its own part when the parent takes it in (`own`)."""
+
+    def __init__(self, tokens=(), inherited: int = 0):
+        super().__init__(tokens)
+        self.inherited = inherited  # how much of it is the parent's
+
+    @classmethod
+    def of_prompt(cls, prompt, spared: set[int]) -> Context:
+        return cls(t for t in prompt if t not in spared)
+
+    def fork(self, extra=()) -> Context:
+        return Context([*self, *extra], len(self))
+
+    def own(self) -> list[int]:
+        return self[self.inherited:]
+
+
 def penalize(rows: torch.Tensor, threads, penalty: float) -> torch.Tensor:
     """The repetition penalty of HF's `generate` and vLLM over each thread's `context` (the tokens it has seen): a
     seen token is made less likely, a positive logit divided by `penalty` and a negative one multiplied. A thread

@@ -12,10 +12,10 @@ position setting writes lengths rounded to tens): the student picks its estimate
 from __future__ import annotations
 
 from .layout import encode
-from .tags import CLOSE_TAG, OPEN_TAG, SYNC_TAG, promise_tag
+from .tags import CLOSE_TAG, OPEN_TAG, PROMISE_OPENING, SYNC_TAG, promise_tag
 
 LENGTH_PIECES = tuple(f'" tokens="{n}"/>' for n in range(10, 301, 10))
-TAG_PIECES = ('<promise topic="', '" tokens="', '"/>', OPEN_TAG, CLOSE_TAG, SYNC_TAG, *LENGTH_PIECES)
+TAG_PIECES = (PROMISE_OPENING, '" tokens="', '"/>', OPEN_TAG, CLOSE_TAG, SYNC_TAG, *LENGTH_PIECES)
 
 
 def has_tag_tokens(tokenizer) -> bool:

@@ -59,6 +59,9 @@ class BadTag:
 Event = Text | Tag | BadTag
 
 
+PROMISE_OPENING = '<promise topic="'  # a canonical promise tag up to its topic
+
+
 def promise_tag(topic: str, tokens: int) -> str:
     """The canonical text of a promise tag."""
     return f'<promise topic="{topic}" tokens="{tokens}"/>'
@@ -67,8 +70,7 @@ def promise_tag(topic: str, tokens: int) -> str:
 def in_topic(pending: str) -> bool:
     """Whether a lexer holding `pending` is inside a canonical promise tag's topic (its opening quote written, not
     its closing one)."""
-    opening = '<promise topic="'
-    return pending.startswith(opening) and '"' not in pending[len(opening):]
+    return pending.startswith(PROMISE_OPENING) and '"' not in pending[len(PROMISE_OPENING):]
 
 
 # The canonical text of the other tags (a sync may also hold spaces before its `/>`).
