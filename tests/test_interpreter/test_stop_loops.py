@@ -34,6 +34,12 @@ def test_loops_needs_a_full_window_of_repeats():
     assert not loops("the cat sat on the mat " * 5)  # 30 words: too short to call
 
 
+def test_loops_catches_runs_without_spaces():
+    """Seen from the full demo's student: digits or numbers counted on without a space until the budget ran out."""
+    assert loops("ideas:" + "1" * 400) and loops("10:15:16:27:38:49:" + ":".join(map(str, range(51, 400))))
+    assert not loops("Antidisestablishmentarianism, internationalization, " * 3 + PROSE)
+
+
 @pytest.mark.parametrize("mode", ["pasta", "sequential"])
 def test_a_looping_answer_ends_with_finish_reason_loop(engine, mode):
     free = run(engine, "Intro. " + LOOP, mode=mode)
