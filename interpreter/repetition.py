@@ -20,13 +20,13 @@ def repetition(text: str) -> float:
 
 
 def _pieces(word: str) -> list[str]:
-    return [word] if len(word) <= 24 else [word[i:i + 8] for i in range(0, len(word), 8)]
+    return [word] if len(word) <= 24 else [word[i:i + 4] for i in range(0, len(word), 4)]
 
 
 def loops(text: str) -> bool:
     """Whether a text being decoded has fallen into a loop: its last LOOP_WINDOW words repeat their
     4-grams above LOOPING (about two rounds of a repeated sentence). Shorter texts never loop. A run without
-    spaces longer than any word counts as a word per 8 characters, so that `1111…` or `10:15:16:27:…` loops too."""
+    spaces longer than any word counts as a word per 4 characters, so that `1111…` or `10:15:16:27:…` loops too."""
     words = [piece for w in text[-LOOP_TAIL:].split() for piece in _pieces(w)][-LOOP_WINDOW:]
     return len(words) == LOOP_WINDOW and repetition(" ".join(words)) > LOOPING
 
