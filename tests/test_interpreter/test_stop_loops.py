@@ -37,7 +37,7 @@ def test_loops_needs_a_full_window_of_repeats():
 def test_loops_catches_runs_without_spaces():
     """Seen from the full demo's student: digits or numbers counted on without a space until the budget ran out."""
     assert loops("ideas:" + "1" * 400) and loops("10:15:16:27:38:49:" + ":".join(map(str, range(51, 400))))
-    assert not loops("Antidisestablishmentarianism, internationalization, " * 3 + PROSE)
+    assert not loops(PROSE + " More at https://example.org/recipes/bread/sourdough-starter-feeding-schedule.html")
 
 
 @pytest.mark.parametrize("mode", ["pasta", "sequential"])
