@@ -9,7 +9,8 @@ import re
 
 LOOPING = 0.35  # a share of repeated 4-grams above this is a loop (datasets, best-of-N samples, held-out checks)
 LOOP_WINDOW = 48  # words: the tail of a thread being decoded that `loops` looks at
-LOOP_TAIL = LOOP_WINDOW * 24  # characters: enough to hold LOOP_WINDOW words
+WORD_CHARS = 24  # longer than a word: a run without spaces, read as pieces of 4 characters
+LOOP_TAIL = LOOP_WINDOW * WORD_CHARS  # characters: enough to hold LOOP_WINDOW words
 
 
 def repetition(text: str) -> float:
@@ -20,7 +21,7 @@ def repetition(text: str) -> float:
 
 
 def _pieces(word: str) -> list[str]:
-    return [word] if len(word) <= 24 else [word[i:i + 4] for i in range(0, len(word), 4)]
+    return [word] if len(word) <= WORD_CHARS else [word[i:i + 4] for i in range(0, len(word), 4)]
 
 
 def loops(text: str) -> bool:

@@ -64,7 +64,7 @@ PROMISE_OPENING = '<promise topic="'  # a canonical promise tag up to its topic
 
 def promise_tag(topic: str, tokens: int) -> str:
     """The canonical text of a promise tag."""
-    return f'<promise topic="{topic}" tokens="{tokens}"/>'
+    return f'{PROMISE_OPENING}{topic}" tokens="{tokens}"/>'
 
 
 def in_topic(pending: str) -> bool:
