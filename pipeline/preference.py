@@ -57,8 +57,9 @@ class PreferenceArguments(JudgeArguments):
     lambdas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, math.inf],
                                  metadata={"help": "λ in speedup + λ·quality; inf ranks by quality alone"})
     repaired: str = field(default="worst", metadata={
-        "help": "answers whose tags needed repair (answers the budget ended are left out anyway): worst (rejected "
-                "before any clean one, never chosen) or skip (left out too)", "choices": ["worst", "skip"]})
+        "help": "answers whose tags needed repair or that loop (answers the budget ended are left out anyway): worst "
+                "(rejected before any clean one, never chosen), skip (left out too), or slower (rejected only where "
+                "no faster than the chosen answer)", "choices": ["worst", "skip", "slower"]})
     max_repetition: float = field(default=LOOPING, metadata={
         "help": "an answer whose share of repeated word 4-grams is above this counts as broken, like a repaired one "
                 "(the dataset filter's rule: the proxy judge's likelihood rates loops well and long looping blocks "
@@ -121,12 +122,19 @@ def score(sample: dict, lam: float) -> float:
 
 def pairs_for(samples: dict[str, list[dict]], lam: float, repaired: str = "worst") -> list[dict]:
     """Best and worst answer of each prompt, cut answers left out. `repaired`: "worst" ranks broken answers
-    (see `broken`) below every clean one (they can be rejected, never chosen); "skip" leaves them out too."""
+    (see `broken`) below every clean one (they can be rejected, never chosen); "skip" leaves them out too;
+    "slower" keeps only those no faster than the best clean answer, so that a pair never rejects an answer for
+    forking further than the chosen one (broken answers sit mostly in forked ones: rejecting them all taught the
+    model not to fork)."""
     out = []
     for prompt_id, group in samples.items():
         group = [s for s in group if not cut(s)]
+        clean = [s for s in group if not broken(s)]
         if repaired == "skip":
-            group = [s for s in group if not broken(s)]
+            group = clean
+        elif repaired == "slower":
+            bar = max(clean, key=lambda s: score(s, lam))["speedup"] if clean else 0.0
+            group = clean + [s for s in group if broken(s) and s["speedup"] <= bar]
         if len(group) < 2:
             continue
         ranked = sorted(group, key=lambda s: score(s, lam))

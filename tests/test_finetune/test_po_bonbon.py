@@ -40,6 +40,19 @@ def test_best_and_worst_by_speedup_plus_lambda_quality():
     assert pairs_for(looping, 1.0, repaired="skip") == []
 
 
+def test_slower_rejects_a_broken_answer_only_where_it_forked_no_further_than_the_chosen():
+    slow_loop = {**sample(1.0, 0.8, stored="plain loop"), "looping": True}
+    fast_loop = {**sample(2.5, 0.9, stored="forked loop"), "looping": True}
+    group = {"p": [sample(1.4, 0.3, stored="forked"), sample(1.2, 0.2, stored="less forked"), slow_loop, fast_loop]}
+    pairs = pairs_for(group, 1.0, repaired="slower")
+    assert [(answer(p, "chosen"), answer(p, "rejected")) for p in pairs] == [("forked", "plain loop")]
+    # rejecting the loop that forked further than the chosen answer would teach not to fork: the clean pair stands
+    no_slow = {"p": [sample(1.4, 0.3, stored="forked"), sample(1.2, 0.2, stored="less forked"), fast_loop]}
+    assert [(answer(p, "chosen"), answer(p, "rejected")) for p in pairs_for(no_slow, 1.0, repaired="slower")] == [
+        ("forked", "less forked")]
+    assert pairs_for({"p": [slow_loop, fast_loop]}, 1.0, repaired="slower") == []  # no clean answer to choose
+
+
 def test_answers_the_budget_ended_are_left_out_forked_or_not():
     group = {"p": [sample(1.0, 0.2, stored="slow"), sample(1.3, 0.4, stored="fast"),
                    {**sample(1.0, 0.0, stored="cut plain"), "finish_reason": "length"},
