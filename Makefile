@@ -80,7 +80,8 @@ demo-full: setup
 
 # the short demo's BoNBoN recipe from the full demo's student (tag tokens); `make eval
 # EVAL_CONFIG=configs/demo-full/eval.yaml` then evaluates the prefopt models beside it. A second round from
-# λ=1's model (docs/finetune.md): make prefopt-full PREFOPT_ARGS="--rounds 2 --lambdas 1"
+# λ=1's model (docs/finetune.md): make prefopt-full PREFOPT_ARGS="--rounds 2 --lambdas 1"; the README's fourth:
+# PREFOPT_ARGS="--rounds 4 --lambdas 1 --num_prompts 96 --repaired slower" after the third
 prefopt-full: setup
 	$(MAKE) --no-print-directory prefopt \
 		PREFOPT_ARGS="--model_name_or_path runs/demo-full/models/pasta-sft --run_dir runs/demo-full $(PREFOPT_ARGS)"
