@@ -123,9 +123,8 @@ def score(sample: dict, lam: float) -> float:
 def pairs_for(samples: dict[str, list[dict]], lam: float, repaired: str = "worst") -> list[dict]:
     """Best and worst answer of each prompt, cut answers left out. `repaired`: "worst" ranks broken answers
     (see `broken`) below every clean one (they can be rejected, never chosen); "skip" leaves them out too;
-    "slower" keeps only those no faster than the best clean answer, so that a pair never rejects an answer for
-    forking further than the chosen one (broken answers sit mostly in forked ones: rejecting them all taught the
-    model not to fork)."""
+    "slower" keeps only those no faster than the best clean answer, so that no pair rejects an answer for forking
+    further than the one it chooses."""
     out = []
     for prompt_id, group in samples.items():
         group = [s for s in group if not cut(s)]
