@@ -32,7 +32,8 @@ def fill_answers(records, cfg, cache_dir: Path) -> Counter:
     if not todo:
         return counts
     settings = (cfg.answer_model, cfg.answer_max_new_tokens, cfg.answer_temperature, cfg.answer_top_p)
-    keys = {r.id: key_of(r.messages, *settings) for r in todo}
+    # a further draw's key names it; the first draw's is the key of a single answer, which a larger set reuses
+    keys = {r.id: key_of(r.messages, *settings, *([r.draw] if r.draw else [])) for r in todo}
     cache = JsonlCache(cache_dir / f"answers-{slug(cfg.answer_model)}.jsonl")
     missing = [r for r in todo if keys[r.id] not in cache]
     counts["answers_from_cache"] = len(todo) - len(missing)

@@ -16,7 +16,7 @@ from . import shards, writer
 from .answers import fill_answers
 from .filters import check_answer, check_reply, keep_share
 from .promises import Measured
-from .sources import load_records
+from .sources import load_records, with_draws
 from .structural import StructuralTeacher
 
 
@@ -99,6 +99,7 @@ def _build(cfg, command: str) -> dict:
     # every worker and the merge read and order the same records, so `i::n` is the same split everywhere
     records, counts = load_records(cfg.source, cfg.source_format, cfg.source_split, cfg.max_examples,
                                    cfg.shuffle_seed, cfg.source_categories)
+    records = with_draws(records, cfg.answers_per_instruction)
     if cfg.shard:
         index, count = parse_shard(cfg.shard)
         mine = records[index::count]

@@ -40,6 +40,8 @@ class DataGenConfig:
     # greedy decoding makes the 135M model loop on about a third of the seed prompts; sampling does not
     answer_temperature: float = _help("sampling temperature of the answers (0 = greedy)", 0.7)
     answer_top_p: float = _help("nucleus sampling of the answers", 0.9)
+    answers_per_instruction: int = _help("answers drawn for each instruction without one, each its own example "
+                                         "(an instruction's answers share a split)", 1)
 
     # Teacher
     teacher: str = _help("structural (offline, rule-based) or openai (any OpenAI-compatible endpoint)", "structural")
@@ -107,7 +109,7 @@ class DataGenConfig:
         if self.answer_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--answer_dtype must be float32, bfloat16 or float16, not {self.answer_dtype!r}")
         for name in ("tokens_granularity", "max_blocks", "answer_batch_size", "openai_concurrency",
-                     "answer_max_new_tokens", "openai_reply_tries"):
+                     "answer_max_new_tokens", "openai_reply_tries", "answers_per_instruction"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, not {getattr(self, name)}")
         if not 0 <= self.min_blocks <= self.max_blocks:
@@ -115,6 +117,9 @@ class DataGenConfig:
         for name in ("no_parallel_share", "test_size", "max_repetition", "max_block_repetition", "answer_top_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name} must be between 0 and 1, not {getattr(self, name)}")
+        if self.answers_per_instruction > 1 and self.answer_temperature == 0:
+            raise ValueError("--answers_per_instruction above 1 needs --answer_temperature above 0: greedy decoding "
+                             "writes one answer again")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"--max_examples must be at least 1, not {self.max_examples}")
         if self.shard and self.merge_shards:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -29,6 +29,22 @@ class Record:
     answer: str | None  # None: the answer model writes it
     source: str
     kind: str = ""  # the row's category, if it has one: answers of one kind are alike in length
+    draw: int = 0  # which of the answer model's answers to the instruction this record holds
+
+
+def instruction_id(record_id: str) -> str:
+    """The id of the instruction a record answers: a further draw's id is the first's with `-k` added."""
+    return record_id.split("-", 1)[0]
+
+
+def with_draws(records: list[Record], n: int) -> list[Record]:
+    """Each record without an answer, and n - 1 copies of it for further draws of the answer model."""
+    out = []
+    for r in records:
+        out.append(r)
+        if r.answer is None:
+            out += [replace(r, id=f"{r.id}-{k}", draw=k) for k in range(1, n)]
+    return out
 
 
 def detect_format(columns, source: str) -> str:

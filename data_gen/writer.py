@@ -16,6 +16,7 @@ from pipeline.runfolder import writing
 
 from .config import SEED_LICENSE
 from .filters import FIXES, RULES
+from .sources import instruction_id
 
 COLUMNS = {
     "id": "stable hash of the prompt and the original answer",
@@ -54,7 +55,11 @@ def split(rows: list[dict], test_size: float) -> tuple[list[dict], list[dict]]:
     forked, plain = [r for r in rows if r["blocks"]], [r for r in rows if not r["blocks"]]
     n_plain = min(round(n_test * len(plain) / max(len(rows), 1)), len(plain))
     n_forked = min(n_test - n_plain, len(forked))
-    return forked[n_forked:] + plain[n_plain:], forked[:n_forked] + plain[:n_plain]
+    train, test = forked[n_forked:] + plain[n_plain:], forked[:n_forked] + plain[:n_plain]
+    # an instruction answered more than once (answers_per_instruction) is tested on all its answers, none trained
+    held = {instruction_id(r["id"]) for r in test}
+    return [r for r in train if instruction_id(r["id"]) not in held], test + [
+        r for r in train if instruction_id(r["id"]) in held]
 
 
 def speedup_stats(rows: list[dict]) -> dict:

@@ -6,8 +6,8 @@ from tiny import bpe_tokenizer, tiny_model
 import interpreter
 from data_gen.answers import fill_answers
 from data_gen.config import DataGenConfig
-from data_gen.sources import Record
-from pipeline.jsonl import JsonlCache
+from data_gen.sources import Record, with_draws
+from pipeline.jsonl import JsonlCache, read_rows
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,21 @@ def test_records_with_answers_are_left_alone(tmp_path):
     done = [Record("a", [{"role": "user", "content": "Q"}], "A.", "file")]
     assert fill_answers(done, DataGenConfig(answer_model="nobody/never-loaded"), tmp_path) == {}
     assert done[0].answer == "A."
+
+
+def test_further_draws_are_new_answers_and_the_first_is_the_single_answer(tmp_path, model_dir):
+    cfg = DataGenConfig(answer_model=model_dir, answer_max_new_tokens=12, answer_batch_size=4)
+    single = records(2)
+    fill_answers(single, cfg, tmp_path)
+    drawn = with_draws(records(2), 3)
+    assert [r.id for r in drawn] == ["r0", "r0-1", "r0-2", "r1", "r1-1", "r1-2"]
+    counts = fill_answers(drawn, cfg, tmp_path)
+    assert counts["answers_from_cache"] == 2 and counts["answers_generated"] == 4
+    assert [drawn[0].answer, drawn[3].answer] == [r.answer for r in single]
+    texts = [row["text"] for row in read_rows(next(tmp_path.glob("answers-*.jsonl")))]
+    assert len(texts) == len(set(texts)) == 6  # sampled: each draw its own answer
+
+
+def test_draws_need_sampling():
+    with pytest.raises(ValueError, match="answers_per_instruction"):
+        DataGenConfig(answers_per_instruction=2, answer_temperature=0).check()

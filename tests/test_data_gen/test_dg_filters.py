@@ -153,3 +153,14 @@ def test_the_test_split_forks_as_often_as_the_kept_set():
     assert len(test) == 10 and sum(not r["blocks"] for r in test) == 2
     assert sorted(r["id"] for r in train + test) == [r["id"] for r in rows]
     assert writer.split(list(reversed(rows)), 0.1)[1] == test  # stable: by id, not by order
+
+
+def test_an_instruction_answered_twice_is_tested_on_both_answers_and_trained_on_neither():
+    rows = [{"id": f"{i:03d}{suffix}", "blocks": 3} for i in range(20) for suffix in ("", "-1")]
+    train, test = writer.split(rows, 0.05)  # 2 rows: the first instruction's two answers
+    assert sorted(r["id"] for r in test) == ["000", "000-1"]
+    rows = [r for r in rows if r["id"] != "000-1"] + [{"id": "019-2", "blocks": 3}]
+    train, test = writer.split(rows, 0.1)  # 4 rows: 000, 001, 001-1, 002; 002-1 follows 002
+    assert sorted(r["id"] for r in test) == ["000", "001", "001-1", "002", "002-1"]
+    assert {r["id"].split("-")[0] for r in train}.isdisjoint(r["id"].split("-")[0] for r in test)
+    assert len(train) + len(test) == len(rows)
