@@ -90,6 +90,18 @@ def held_out_prompts(args: CheckArguments, dataset) -> list[dict]:
     return rows[:args.limit] if args.limit else rows
 
 
+def one_per_instruction(rows):
+    """The first row of each instruction: an instruction answered twice in the data (data_gen's
+    answers_per_instruction) is one prompt to the model, checked against its first answer."""
+    seen, keep = set(), []
+    for i, row in enumerate(rows):
+        key = json.dumps(row["messages"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return rows.select(keep)
+
+
 def ended_itself(answer: dict) -> bool:
     """Finished by the model: neither cut by the budget nor stopped in a loop."""
     return answer["finish_reason"] == "stop" and not answer["looped"]
@@ -191,7 +203,7 @@ def check(args: CheckArguments) -> dict:
         if not rows:
             raise ValueError(f"{args.prompts}: no prompt left outside {where} (categories: {args.categories or 'all'})")
     else:
-        rows = split(data, args.split, where)
+        rows = one_per_instruction(split(data, args.split, where))
         if args.limit:
             rows = rows.select(range(min(args.limit, len(rows))))
     model, tokenizer = load_model(args.model, dtype=args.dtype)

@@ -37,6 +37,17 @@ def test_summary_separates_answers_cut_by_the_budget(run):
     assert summary["repair_free_share_finished"] == (round(sum(ended) / len(ended), 4) if ended else None)
 
 
+def test_an_instruction_answered_twice_is_checked_once(run, tmp_path):
+    (tmp_path / "dataset").mkdir()
+    rows = [{"id": rid, "messages": [{"role": "user", "content": f"List {rid[1]}"}], "annotated": ANNOTATED}
+            for rid in ("t0", "t0-1", "t1")]
+    (tmp_path / "dataset" / "test.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    summary = check(CheckArguments(model=str(run / "model"), run_dir=str(tmp_path), max_new_tokens=4,
+                                   out=str(tmp_path / "check.json")))
+    answers = json.loads((tmp_path / "check.json").read_text())["answers"]
+    assert summary["answers"] == 2 and [a["id"] for a in answers] == ["t0", "t1"]
+
+
 def test_held_out_prompts_leave_out_what_the_dataset_holds(run, tmp_path):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("\n".join(json.dumps(r) for r in [
