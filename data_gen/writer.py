@@ -19,7 +19,7 @@ from .filters import FIXES, RULES
 from .sources import instruction_id
 
 COLUMNS = {
-    "id": "stable hash of the prompt and the original answer",
+    "id": "stable hash of the prompt and the original answer (`-k` added: the k-th further answer drawn)",
     "messages": "the prompt conversation, without the answer (list of {role, content})",
     "annotated": "the answer in Pasta-Lang's stored form, tags in place (what PASTA-SFT trains on)",
     "stripped": "the original answer, interpreter.strip(annotated) (what the Baseline-SFT control trains on)",
