@@ -58,8 +58,8 @@ def split(rows: list[dict], test_size: float) -> tuple[list[dict], list[dict]]:
     train, test = forked[n_forked:] + plain[n_plain:], forked[:n_forked] + plain[:n_plain]
     # an instruction answered more than once (answers_per_instruction) is tested on all its answers, none trained
     held = {instruction_id(r["id"]) for r in test}
-    return [r for r in train if instruction_id(r["id"]) not in held], test + [
-        r for r in train if instruction_id(r["id"]) in held]
+    tested = [instruction_id(r["id"]) in held for r in train]
+    return [r for r, t in zip(train, tested) if not t], test + [r for r, t in zip(train, tested) if t]
 
 
 def speedup_stats(rows: list[dict]) -> dict:
