@@ -45,7 +45,9 @@ class EvalArguments(JudgeArguments):
     prompts: list[str] = field(default_factory=lambda: ["mt-bench"], metadata={
         "help": "prompt sets, each its own table: mt-bench, heldout (instructions no dataset of ours holds), "
                 "alpaca-eval, alpaca-eval:PATH or a JSONL"})
-    limit: int | None = field(default=None, metadata={"help": "first N prompts of each set, taken across categories"})
+    limit: list[int] | None = field(default=None, metadata={
+        "help": "first N prompts of a set, taken across categories: one N for every set, or one for each set in "
+                "the order of --prompts"})
     mt_bench_turns: int = field(default=2, metadata={
         "help": "MT-Bench turns to decode: 2 (the second asked after each method's own first answer, and both "
                 "exported for FastChat's gen_judgment.py to <run_dir>/eval/mt_bench/model_answer) or 1 (first "
@@ -308,12 +310,24 @@ def main(args: EvalArguments) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     check_arguments(args)
     sets = [args.prompts] if isinstance(args.prompts, str) else list(args.prompts)
-    prompts = {name: load_prompts(name, args.limit) for name in sets}
+    prompts = {name: load_prompts(name, limit) for name, limit in zip(sets, set_limits(args.limit, sets))}
     check_sets(prompts)
     shard = parse_shard(args.shard) if args.shard else None
     # one run at a time writes eval/ (workers of one run: one lock each, over their own shard files)
     with hold(args.run_dir, "eval.shard-{}-of-{}".format(*shard) if shard else "eval"):
         return _main(args, sets, prompts, shard, out, started)
+
+
+def set_limits(limit: list[int] | None, sets: list[str]) -> list[int | None]:
+    """Each prompt set's limit: none, one for every set, or one for each (ValueError, one line, otherwise)."""
+    if not limit:
+        return [None] * len(sets)
+    if len(limit) == 1:
+        return limit * len(sets)
+    if len(limit) != len(sets):
+        raise ValueError(f"limit: {len(limit)} values for {len(sets)} prompt sets ({', '.join(sets)}): give one "
+                         "for every set or one for each")
+    return list(limit)
 
 
 def check_arguments(args: EvalArguments) -> None:

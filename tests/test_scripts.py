@@ -209,7 +209,7 @@ def test_gpu_smoke_runs_every_stage_in_order_with_flags_that_parse(monkeypatch):
     assert (po.rounds, po.lambdas, policy.model_name_or_path) == (1, [1.0], "runs/smoke-test/models/pasta-sft")
     assert po.samples * po.num_prompts <= 64 and training.bf16 and not training.use_cpu
     (ev,) = parsed["eval"]
-    assert (ev.run_dir, ev.judge, ev.limit) == ("runs/smoke-test", "proxy", 8)
+    assert (ev.run_dir, ev.judge, ev.limit) == ("runs/smoke-test", "proxy", [8])
 
 
 def test_gpu_smoke_refuses_to_run_without_a_gpu(tmp_path):

@@ -78,9 +78,13 @@ def test_eval_end_to_end_and_caching(run_root, capsys):
 def test_each_prompt_set_gets_its_own_table_and_the_quality_counts(run_root):
     second = run_root / "second.jsonl"
     second.write_text(json.dumps({"id": "s1", "instruction": "Name two colors.", "category": "x"}) + "\n")
-    rows = main(_args(run_root, prompts=[str(run_root / "prompts.jsonl"), str(second)], methods=["pasta"]))
+    sets = [str(run_root / "prompts.jsonl"), str(second)]
+    with pytest.raises(ValueError, match="limit: 3 values for 2 prompt sets"):
+        main(_args(run_root, prompts=sets, methods=["pasta"], limit=[2, 1, 1]))
+    rows = main(_args(run_root, prompts=sets, methods=["pasta"], limit=[2, 1]))  # a limit for each set
     out = run_root / "t" / "eval"
-    assert {r["prompts"] for r in rows} == {str(run_root / "prompts.jsonl"), str(second)}
+    assert {r["prompts"] for r in rows} == set(sets)
+    assert [r["n"] for r in rows if r["prompts"] == sets[0]] == [2, 2]  # of its 3
     assert [r["n"] for r in rows if r["prompts"] == str(second)] == [1, 1]
     for folder in ("prompts", "second"):
         assert (out / folder / "results.md").exists() and (out / folder / "pareto.png").exists()
@@ -106,7 +110,7 @@ def test_the_held_out_set_is_held_out():
 
 def test_missing_models_say_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match="make finetune"):
-        main(EvalArguments(run_dir=str(tmp_path / "none"), prompts="mt-bench", limit=1))
+        main(EvalArguments(run_dir=str(tmp_path / "none"), prompts="mt-bench", limit=[1]))
 
 
 def test_prompt_sets(tmp_path):
@@ -195,7 +199,7 @@ def _fresh(run_root, tmp_path):
     return EvalArguments(run_dir=str(tmp_path / "fresh"), prompts=[str(run_root / "prompts.jsonl")], max_new_tokens=8,
                          baseline_model=str(models / "baseline-sft"), base_model=str(models / "baseline-sft"),
                          pasta_models=[str(models / "pasta-sft")], proxy_reference=str(models / "baseline-sft"),
-                         bootstrap=10, limit=1)
+                         bootstrap=10, limit=[1])
 
 
 def test_a_second_eval_on_one_run_folder_is_refused(run_root, tmp_path):
@@ -225,7 +229,7 @@ def fastchat_load_model_answers():
 
 def test_mt_bench_second_turns_are_decoded_cached_and_exported_for_fastchat(run_root):
     out = run_root / "t" / "eval"
-    kw = dict(prompts=["mt-bench"], limit=2, methods=["pasta", "sot", "pattern"])
+    kw = dict(prompts=["mt-bench"], limit=[2], methods=["pasta", "sot", "pattern"])
     main(_args(run_root, mt_bench_turns=1, **kw))
     assert not (out / "mt_bench").exists()  # one turn: nothing FastChat could judge both turns of
     assert not any("#turn2" in line for f in (out / "generations").glob("*.jsonl") for line in f.open())
