@@ -306,12 +306,12 @@ def evaluate_set(args: EvalArguments, judge, name: str, prompts: list[dict], out
 def main(args: EvalArguments) -> list[dict]:
     """Evaluates every prompt set; returns the rows of all of them (each row names its set)."""
     started = time.time()
-    out = Path(args.run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     check_arguments(args)
     sets = [args.prompts] if isinstance(args.prompts, str) else list(args.prompts)
     prompts = {name: load_prompts(name, limit) for name, limit in zip(sets, set_limits(args.limit, sets))}
     check_sets(prompts)
+    out = Path(args.run_dir) / "eval"  # made once the settings and prompts are accepted: a refusal leaves no folder
+    out.mkdir(parents=True, exist_ok=True)
     shard = parse_shard(args.shard) if args.shard else None
     # one run at a time writes eval/ (workers of one run: one lock each, over their own shard files)
     with hold(args.run_dir, "eval.shard-{}-of-{}".format(*shard) if shard else "eval"):
