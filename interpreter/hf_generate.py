@@ -11,6 +11,7 @@ from transformers import LogitsProcessor, RepetitionPenaltyLogitsProcessor, Stop
 from .detok import Detokenizer
 from .options import Options, Result
 from .repetition import LOOP_TAIL, loops
+from .sampling import Sampler
 
 
 @torch.inference_mode()
@@ -19,13 +20,11 @@ def generate_batch(engine, prompts: list, opts: Options, batch_size: int = 8) ->
     the batch's share)."""
     tok = engine.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else min(engine.end_ids)
-    sampling = dict(do_sample=opts.temperature > 0)
-    if opts.temperature > 0:
-        sampling.update(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k or None)
-        if opts.seed is not None:
-            torch.manual_seed(opts.seed)
+    processors = []
     if opts.repetition_penalty != 1.0:
-        sampling["logits_processor"] = [_Penalty(opts.repetition_penalty, engine.unpenalized | {pad})]
+        processors.append(_Penalty(opts.repetition_penalty, engine.unpenalized | {pad}))
+    if opts.temperature > 0:
+        processors.append(_Draw(Sampler(opts, engine.device)))
     results = []
     for start in range(0, len(prompts), batch_size):
         ids = [engine.prompt_ids(p) for p in prompts[start:start + batch_size]]
@@ -37,7 +36,7 @@ def generate_batch(engine, prompts: list, opts: Options, batch_size: int = 8) ->
         out = engine.model.generate(input_ids=input_ids, attention_mask=attention,
                                     max_new_tokens=opts.max_new_tokens, eos_token_id=sorted(engine.end_ids),
                                     pad_token_id=pad, stopping_criteria=[loop_stop] if loop_stop else None,
-                                    **sampling)
+                                    do_sample=False, logits_processor=processors)
         share = (time.perf_counter() - began) / len(ids)
         for k, (prompt, row) in enumerate(zip(ids, out[:, width:].tolist())):
             looped = loop_stop.stopped.get(k) if loop_stop else None
@@ -66,6 +65,18 @@ class _Penalty(LogitsProcessor):
         scores = self.hf(input_ids, scores)
         scores[:, self.spared.to(scores.device)] = kept
         return scores
+
+
+class _Draw(LogitsProcessor):
+    """Sampling by the engine's `Sampler`, the drawn token left as greedy search's only choice: HF's sampling sorts
+    and samples the whole vocabulary of every row, half the time of a batched step on a CPU."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        drawn = self.sampler.sample(scores).unsqueeze(-1)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, drawn, 0.0)
 
 
 class _LoopStop(StoppingCriteria):
