@@ -54,7 +54,7 @@ finetune-pair: setup
 CHECK_ARGS ?=
 check: setup
 	$(PY) -m finetune.check --run_dir $(RUN_DIR) --model $(RUN_DIR)/models/pasta-sft --repetition_penalty 1.15 \
-		$(CHECK_ARGS)
+		--dtype bfloat16 --stop_loops true $(CHECK_ARGS)
 
 prefopt: setup
 	$(PY) -m finetune.prefopt --config $(PREFOPT_CONFIG) $(PREFOPT_ARGS)
@@ -65,7 +65,7 @@ eval: setup
 # the main job on the embedded defaults: every stage resumes, so a rerun redoes only what is missing
 demo: setup
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory dataset finetune eval && \
+	$(MAKE) --no-print-directory dataset finetune-pair eval && \
 	echo "make demo: done in $$(( $$(date +%s) - start )) s"
 
 # the longer recipe (docs/finetune.md, the full demo): all seed instructions, tag tokens, 3 epochs; the two
@@ -88,7 +88,7 @@ prefopt-full: setup
 
 # the full demo's student on its dataset's test split, decoded as the full demo's evaluation decodes
 check-full: setup
-	$(MAKE) --no-print-directory check RUN_DIR=runs/demo-full CHECK_ARGS="--dtype bfloat16 --stop_loops true $(CHECK_ARGS)"
+	$(MAKE) --no-print-directory check RUN_DIR=runs/demo-full
 
 bench: setup
 	$(PY) -m interpreter bench --model smollm2-135m-instruct --dtype bfloat16 --repeats 1 --warmup 1 \
