@@ -37,7 +37,7 @@ def _entry(module: str):
             "eval": lambda: importlib.import_module("eval.run").cli}[module]()
 
 
-RECIPES = [("data_gen", "configs/demo/dataset.yaml"), ("data_gen", "configs/demo-full/dataset.yaml"),
+RECIPES = [("data_gen", "configs/demo/dataset.yaml"),
            ("data_gen", "configs/paper/dataset-slimorca.yaml"),
            ("finetune", "configs/demo/smollm2-sft.yaml"), ("finetune", "configs/demo-full/smollm2-sft.yaml"),
            ("finetune", "configs/paper/gemma-7b-sft.yaml"), ("finetune", "configs/paper/gemma-7b-sft-baseline.yaml"),
@@ -55,3 +55,12 @@ def test_a_dry_run_parses_the_recipe_and_runs_nothing(module, recipe, capsys, mo
     out = capsys.readouterr().out
     assert out.startswith(f"python -m {module}: dry run") and f"run_dir: '{tmp_path / 'run'}'" in out
     assert not (tmp_path / "run").exists()  # nothing ran: no run folder
+
+
+def test_a_recipe_may_give_one_eval_limit_as_a_number(tmp_path, capsys, monkeypatch):
+    """`limit: 16` in an eval recipe is one limit for every prompt set, as `--limit 16` is."""
+    monkeypatch.chdir(ROOT)
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text("prompts: [heldout, mt-bench]\nlimit: 16\n")
+    assert _entry("eval")(["--config", str(recipe), "--dry_run"]) == 0
+    assert "limit: [16]" in capsys.readouterr().out
