@@ -28,10 +28,11 @@ began=$SECONDS
 stage dataset "$PY" -m data_gen --config configs/demo/dataset.yaml --run_dir "$RUN" --max_examples 48 \
   --answer_model "$MODEL" --student "$MODEL" --answer_dtype bfloat16 --answer_batch_size 48
 stage sft "$PY" -m finetune --config configs/demo/smollm2-sft.yaml --run_dir "$RUN" --model_name_or_path "$MODEL" \
-  --variant both --max_steps 20 --bf16 true --report_to none
+  --variant both --max_steps 20 --bf16 true --use_cpu false --report_to none
 stage bonbon "$PY" -m finetune.prefopt --config configs/demo/smollm2-prefopt.yaml --run_dir "$RUN" \
   --model_name_or_path "$RUN/models/pasta-sft" --rounds 1 --lambdas 1 --samples 4 --batch 4 --num_prompts 12 \
   --max_new_tokens 256 --proxy_reference "$MODEL" --use_cpu false --bf16 true --report_to none
 stage eval "$PY" -m eval --config configs/demo/eval.yaml --run_dir "$RUN" --limit 8 --judge proxy \
+  --methods sequential pasta sot pattern \
   --base_model "$MODEL" --proxy_reference "$MODEL" --max_new_tokens 128 --bootstrap 100 --dtype bfloat16
 if [ -z "$DRY_RUN" ]; then echo "smoke: every stage done in $((SECONDS - began)) s; results in $RUN/eval" >&2; fi
