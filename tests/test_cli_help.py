@@ -39,7 +39,7 @@ def _entry(module: str):
 
 RECIPES = [("data_gen", "configs/demo/dataset.yaml"),
            ("data_gen", "configs/paper/dataset-slimorca.yaml"),
-           ("finetune", "configs/demo/smollm2-sft.yaml"), ("finetune", "configs/demo-full/smollm2-sft.yaml"),
+           ("finetune", "configs/demo/smollm2-sft.yaml"),
            ("finetune", "configs/paper/gemma-7b-sft.yaml"), ("finetune", "configs/paper/gemma-7b-sft-baseline.yaml"),
            ("finetune.prefopt", "configs/demo/smollm2-prefopt.yaml"),
            ("finetune.prefopt", "configs/paper/gemma-7b-prefopt.yaml"),
