@@ -76,7 +76,7 @@ class _Draw(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         drawn = self.sampler.sample(scores).unsqueeze(-1)
-        return torch.full_like(scores, float("-inf")).scatter_(-1, drawn, 0.0)
+        return scores.fill_(float("-inf")).scatter_(-1, drawn, 0.0)  # in place: no new row of the vocabulary a step
 
 
 class _LoopStop(StoppingCriteria):

@@ -7,10 +7,7 @@ line. A killed run (Ctrl-C) says that running the same command again goes on fro
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import types
-import typing
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import NoReturn
@@ -42,27 +39,11 @@ def parse(parser, argv: Sequence[str] | None = None):
     import yaml
 
     try:
-        return tuple(map(_scalars_as_lists, parser.parse_args_and_config(argv)))
+        return parser.parse_args_and_config(argv)
     except (OSError, ValueError, yaml.YAMLError) as err:
         argv = sys.argv[1:] if argv is None else list(argv)
         named = "--config" in argv[:-1] and not isinstance(err, OSError)  # an OSError names its file itself
         fail(parser.prog, (f"{argv[argv.index('--config') + 1]}: " if named else "") + one_line(err))
-
-
-def _scalars_as_lists(args):
-    """A recipe's one value for a list setting (`limit: 16`) as a list of one, as the same flag gives it: argparse
-    takes a YAML value as written, and the stage would get an int where it reads a list."""
-    if not dataclasses.is_dataclass(args):
-        return args
-    hints = typing.get_type_hints(type(args))
-    for f in dataclasses.fields(args):
-        hint, value = hints.get(f.name), getattr(args, f.name)
-        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-            else (hint,)
-        if (value is not None and not isinstance(value, (list, tuple)) and str not in kinds
-                and any(typing.get_origin(k) is list for k in kinds)):
-            setattr(args, f.name, [value])
-    return args
 
 
 DRY_RUN = ("--dry_run", "--dry-run")
