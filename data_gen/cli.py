@@ -15,7 +15,9 @@ DESCRIPTION = ("Teacher annotation: instruction data in, a Pasta-Lang training s
 def parse_config(argv: list[str] | None = None) -> DataGenConfig:
     from trl import TrlParser
 
-    (cfg,) = TrlParser(DataGenConfig, prog="python -m data_gen", description=DESCRIPTION).parse_args_and_config(argv)
+    from pipeline.errors import parse
+
+    (cfg,) = parse(TrlParser(DataGenConfig, prog="python -m data_gen", description=DESCRIPTION), argv)
     return cfg
 
 

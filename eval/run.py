@@ -82,10 +82,6 @@ class EvalArguments(JudgeArguments):
     merge_shards: int | None = field(default=None, metadata={"help": "n: join the n shards' generations (each "
                                                                      "prompt exactly once), then judge and report"})
 
-    def __post_init__(self):
-        if isinstance(self.limit, int):  # `limit: 16` in a recipe reaches the list field as it is written
-            self.limit = [self.limit]
-
 
 def _models_dir(args: EvalArguments) -> Path:
     return Path(args.run_dir) / "models"

@@ -35,15 +35,31 @@ def _report(prog: str, err: BaseException | str) -> int:
 
 
 def parse(parser, argv: Sequence[str] | None = None):
-    """TrlParser.parse_args_and_config, with a missing or broken recipe as one line (not a usage screen)."""
+    """TrlParser.parse_args_and_config, with a missing or broken recipe as one line (not a usage screen), and a
+    recipe's one value for a list setting (`limit: 16`) taken as the list `--limit 16` gives."""
     import yaml
 
+    _recipe_scalars_as_lists(parser)
     try:
         return parser.parse_args_and_config(argv)
     except (OSError, ValueError, yaml.YAMLError) as err:
         argv = sys.argv[1:] if argv is None else list(argv)
         named = "--config" in argv[:-1] and not isinstance(err, OSError)  # an OSError names its file itself
         fail(parser.prog, (f"{argv[argv.index('--config') + 1]}: " if named else "") + one_line(err))
+
+
+def _recipe_scalars_as_lists(parser) -> None:
+    """argparse takes a recipe's values as defaults, as written: a list setting given one value would reach its
+    dataclass as that value. Wrapping it before the dataclasses are built leaves their own normalization (TRL's
+    `lora_target_modules`) to run on what a flag would have given."""
+    take = parser.set_defaults_with_config
+    lists = {a.dest for a in parser._actions if a.nargs in ("+", "*")}
+
+    def set_defaults_with_config(**config):
+        return take(**{k: [v] if k in lists and not isinstance(v, list) and v is not None else v
+                       for k, v in config.items()})
+
+    parser.set_defaults_with_config = set_defaults_with_config
 
 
 DRY_RUN = ("--dry_run", "--dry-run")

@@ -64,3 +64,15 @@ def test_a_recipe_may_give_one_eval_limit_as_a_number(tmp_path, capsys, monkeypa
     recipe.write_text("prompts: [heldout, mt-bench]\nlimit: 16\n")
     assert _entry("eval")(["--config", str(recipe), "--dry_run"]) == 0
     assert "limit: [16]" in capsys.readouterr().out
+
+
+def test_any_stages_recipe_may_give_one_value_for_a_list_setting(tmp_path, capsys, monkeypatch):
+    """The rule holds in the one parser every stage shares, and leaves TRL's own reading of a list setting (LoRA's
+    `all-linear`, which PEFT wants as a string) as it is."""
+    monkeypatch.chdir(ROOT)
+    recipe = tmp_path / "prefopt.yaml"
+    recipe.write_text("lambdas: 1\nuse_peft: true\nlora_target_modules: all-linear\n")
+    assert _entry("finetune.prefopt")(["--config", str(recipe), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "lambdas: [1]" in out
+    assert "lora_target_modules: 'all-linear'" in out
