@@ -264,6 +264,7 @@ def sample_round(args: PrefOptArguments, model_args: ModelConfig, k: int, skip_d
         folders.setdefault(step.folder, []).append(step)
     for folder, steps in folders.items():
         if skip_done and all(done(s) or s.pairs.exists() for s in steps):
+            _check_ranked_by(folder, args.speed)
             continue
         policy = steps[0].policy
         if k > 1 and not (Path(policy) / "config.json").exists():
@@ -273,6 +274,15 @@ def sample_round(args: PrefOptArguments, model_args: ModelConfig, k: int, skip_d
         if args.shard:
             print(f"prefopt: round {k}, shard {summary['shard']}: {summary['samples']} samples of {policy} in "
                   f"{summary['file']}", file=sys.stderr)
+
+
+def _check_ranked_by(folder: Path, speed: str) -> None:
+    """Refuses to train on pairs ranked by another speed than the one asked for (the pairs are kept as written)."""
+    summary = folder / "summary.json"
+    ranked = json.loads(summary.read_text()).get("speed", "theoretical") if summary.exists() else speed
+    if ranked != speed:
+        raise PipelineError(f"{folder}: its pairs were ranked by --speed {ranked}; pass --speed {ranked} to go on, "
+                            "or a new --run_dir for pairs ranked by the other")
 
 
 def train_round(args: PrefOptArguments, training: TrainingArguments, model_args: ModelConfig, k: int) -> list[dict]:

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from interpreter import EMBEDDED_MODEL, LOOPING, Engine, Options, load_model, measure, repetition
+from interpreter import EMBEDDED_MODEL, LOOPING, Engine, Options, load_model, load_tokenizer, measure, repetition
 
 from .dataset import load_splits, split
 from .jsonl import append_rows, read_rows
@@ -56,6 +57,12 @@ class PreferenceArguments(JudgeArguments):
         "help": "a sample's budget, every thread together; answers it ends are left out of the pairs"})
     lambdas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, math.inf],
                                  metadata={"help": "λ in speedup + λ·quality; inf ranks by quality alone"})
+    speed: str = field(default="theoretical", metadata={
+        "help": "the speedup a sample is ranked by: theoretical (the paper's: its own tokens over its critical "
+                "path's steps, which a longer answer with more blocks raises too) or sooner (the median length of "
+                "its prompt's samples over its steps: how many times sooner it ends than a typical answer decoded "
+                "sequentially, so that a shorter answer counts as a faster one)",
+        "choices": ["theoretical", "sooner"]})
     repaired: str = field(default="worst", metadata={
         "help": "answers whose tags needed repair or that loop (answers the budget ended are left out anyway): worst "
                 "(rejected before any clean one, never chosen), skip (left out too), or slower (rejected only where "
@@ -250,12 +257,25 @@ def _draw(args: PreferenceArguments, policy: str, out: Path, prompts: list[dict]
             rows = [{"id": p["id"], "score_seed": j, "policy": policy, "settings": settings, "messages": p["messages"],
                      "stored": r.stored, "text": r.text, "reference": p["stripped"], "repaired": bool(r.repairs),
                      "finish_reason": r.finish_reason, "looped": r.looped, "threads": r.threads,
-                     "speedup": measure(r.stored, engine.tokenizer).theoretical_speedup,
+                     **_costs(r.stored, engine.tokenizer),
                      "layout": r.layout.to_dict()}  # the tokens drawn, which preference training scores
                     for j, r in zip(chunk, results)]
             append_rows(cache_file, rows)
             done.update({(row["id"], row["score_seed"]): row for row in rows})
     return [done[(p["id"], j)] for p in prompts for j in range(args.samples)]
+
+
+def _costs(stored: str, tokenizer) -> dict:
+    costs = measure(stored, tokenizer)
+    return {"speedup": costs.theoretical_speedup, "tokens": costs.sequential_tokens, "steps": costs.parallel_steps}
+
+
+def rank_sooner(samples: dict[str, list[dict]]) -> None:
+    """Gives each sample, as its `speedup`, its prompt's median answer length over its own steps (`speed: sooner`)."""
+    for group in samples.values():
+        typical = statistics.median(s["tokens"] for s in group)
+        for s in group:
+            s["speedup"] = typical / max(s["steps"], 1)
 
 
 def _pairs(args: PreferenceArguments, judge, policy: str, out: Path, prompts: list[dict], rows: list[dict],
@@ -272,8 +292,14 @@ def _pairs(args: PreferenceArguments, judge, policy: str, out: Path, prompts: li
     rows = [r for r in rows if r["quality"] is not None]
     for r in rows:
         samples.setdefault(r["id"], []).append(r)
-    summary = {"policy": policy, "judge": judge.label, "prompts": len(prompts), "samples": len(rows),
-               "judge_failures": failures,
+    if args.speed == "sooner":
+        if any("steps" not in r for r in rows):  # drawn before samples kept their lengths
+            tokenizer = load_tokenizer(policy)
+            for r in rows:
+                r.update(_costs(r["stored"], tokenizer))
+        rank_sooner(samples)
+    summary = {"policy": policy, "judge": judge.label, "speed": args.speed, "prompts": len(prompts),
+               "samples": len(rows), "judge_failures": failures,
                "mean_speedup": sum(r["speedup"] for r in rows) / len(rows),
                "mean_quality": sum(r["quality"] for r in rows) / len(rows),
                "cut_share": sum(map(cut, rows)) / len(rows),

@@ -15,7 +15,8 @@ from eval.pairs import main as make_pairs
 from finetune.collator import PastaCollator
 from finetune.prefopt import PairCollator, PrefOptArguments, run_rounds, sequence_logps, train_pairs
 from interpreter import Engine, Script, encode, turn_end_id
-from pipeline.preference import answer, pairs_for
+from pipeline.errors import PipelineError
+from pipeline.preference import answer, pairs_for, rank_sooner
 
 FAST = '<promise topic="a" tokens="4"/><async> one</async><promise topic="b" tokens="4"/><async> two</async><sync/>'
 SLOW = " one two"
@@ -62,6 +63,23 @@ def test_answers_the_budget_ended_are_left_out_forked_or_not():
         assert [(answer(p, "chosen"), answer(p, "rejected")) for p in pairs] == [("fast", "slow")]
 
 
+def test_sooner_ranks_a_shorter_answer_above_a_longer_one_that_forks_as_much():
+    def drawn(tokens, steps, stored):
+        return {**sample(tokens / steps, 0.5, stored=stored), "tokens": tokens, "steps": steps}
+
+    def chosen(group):
+        return answer(pairs_for(group, 1.0)[0], "chosen")
+
+    long_forked, short_plain = drawn(300, 150, "long list"), drawn(100, 100, "short paragraph")
+    group = {"p": [long_forked, short_plain]}
+    assert chosen(group) == "long list"  # theoretical: 2.0 against 1.0, though it ends 50 steps later
+    rank_sooner(group)  # the median answer, 200 tokens, over each one's steps
+    assert chosen(group) == "short paragraph"
+    group = {"p": [drawn(300, 150, "long list"), drawn(100, 100, "short paragraph"), drawn(120, 60, "short list")]}
+    rank_sooner(group)
+    assert chosen(group) == "short list" and answer(pairs_for(group, 1.0)[0], "rejected") == "long list"
+
+
 def make_run(root, model, tok=None):
     """A run folder: the policy as models/pasta-sft and three training prompts."""
     tok = tok or bpe_tokenizer()
@@ -90,6 +108,8 @@ def test_pairs_are_sampled_judged_and_cached(run):
             pair = json.loads(line)
             assert pair["chosen"] != pair["rejected"] or pair["chosen_quality"] != pair["rejected_quality"]
             assert pair["chosen_layout"]["targets"] and pair["rejected_layout"]["targets"]  # the tokens drawn
+    sooner = make_pairs(dataclasses.replace(args, speed="sooner"))  # ranked again from the cached samples
+    assert sooner["speed"] == "sooner" and sooner["samples"] == 9
     make_pairs(args)  # every sample is cached
     cache = run / "po1" / "samples.jsonl"
     lines = cache.read_text().splitlines()
@@ -176,3 +196,5 @@ def test_two_rounds_two_lambdas(tmp_path):
     assert (run / "prefopt" / "round-2" / "linf" / "samples.jsonl").exists()
     samples = [json.loads(line) for line in (run / "prefopt" / "round-1" / "samples.jsonl").read_text().splitlines()]
     assert any("<promise" in s["stored"] for s in samples)  # the policy forks with its tag tokens
+    with pytest.raises(PipelineError, match="ranked by --speed theoretical"):  # not trained on the other ranking
+        run_rounds(dataclasses.replace(args, speed="sooner"), training, ModelConfig())
