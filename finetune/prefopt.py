@@ -264,7 +264,6 @@ def sample_round(args: PrefOptArguments, model_args: ModelConfig, k: int, skip_d
         folders.setdefault(step.folder, []).append(step)
     for folder, steps in folders.items():
         if skip_done and all(done(s) or s.pairs.exists() for s in steps):
-            _check_ranked_by(folder, args.speed)
             continue
         policy = steps[0].policy
         if k > 1 and not (Path(policy) / "config.json").exists():
@@ -277,7 +276,7 @@ def sample_round(args: PrefOptArguments, model_args: ModelConfig, k: int, skip_d
 
 
 def _check_ranked_by(folder: Path, speed: str) -> None:
-    """Refuses to train on pairs ranked by another speed than the one asked for (the pairs are kept as written)."""
+    """Refuses pairs, or models trained on them, ranked by another speed than the one asked for."""
     summary = folder / "summary.json"
     ranked = json.loads(summary.read_text()).get("speed", "theoretical") if summary.exists() else speed
     if ranked != speed:
@@ -289,6 +288,7 @@ def train_round(args: PrefOptArguments, training: TrainingArguments, model_args:
     """Round k's models from their pairs; a model already trained is kept."""
     trained = []
     for step in round_steps(args, model_args, k):
+        _check_ranked_by(step.folder, args.speed)
         if not done(step):
             trained.append(train_pairs(step.policy, step.pairs, step.out, args, training, model_args))
             gc.collect()  # DeepSpeed's hooks tie a model to its engine: free both before the next λ loads

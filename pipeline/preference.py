@@ -2,7 +2,8 @@
 
 For each training prompt, N answers are sampled from the current PASTA model through the
 interpreter; each is scored as theoretical speedup + λ·quality, quality being a judge's
-preference for it over the dataset's reference answer (the openai judge, or the offline proxy).
+preference for it over the dataset's reference answer (the openai judge, or the offline proxy); with
+`speed="sooner"` the speedup is how soon it ends instead (`rank_sooner`).
 An answer the sampling budget ended is left out, and a broken one (its tags needed repair, or it
 loops) never counts as best. For every λ the best and the worst answer of a prompt form a pair.
 
