@@ -57,22 +57,19 @@ def test_a_dry_run_parses_the_recipe_and_runs_nothing(module, recipe, capsys, mo
     assert not (tmp_path / "run").exists()  # nothing ran: no run folder
 
 
-def test_a_recipe_may_give_one_eval_limit_as_a_number(tmp_path, capsys, monkeypatch):
-    """`limit: 16` in an eval recipe is one limit for every prompt set, as `--limit 16` is."""
+@pytest.mark.parametrize("module, recipe, shown", [
+    # `limit: 16` in an eval recipe is one limit for every prompt set, as `--limit 16` is
+    ("eval", "prompts: [heldout, mt-bench]\nlimit: 16\n", ["limit: [16]"]),
+    # the rule holds in the one parser every stage shares, and leaves TRL's own reading of a list setting (LoRA's
+    # `all-linear`, which PEFT wants as a string) as it is
+    ("finetune.prefopt", "lambdas: 1\nuse_peft: true\nlora_target_modules: all-linear\n",
+     ["lambdas: [1]", "lora_target_modules: 'all-linear'"]),
+])
+def test_a_recipe_may_give_one_value_for_a_list_setting(module, recipe, shown, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    recipe = tmp_path / "eval.yaml"
-    recipe.write_text("prompts: [heldout, mt-bench]\nlimit: 16\n")
-    assert _entry("eval")(["--config", str(recipe), "--dry_run"]) == 0
-    assert "limit: [16]" in capsys.readouterr().out
-
-
-def test_any_stages_recipe_may_give_one_value_for_a_list_setting(tmp_path, capsys, monkeypatch):
-    """The rule holds in the one parser every stage shares, and leaves TRL's own reading of a list setting (LoRA's
-    `all-linear`, which PEFT wants as a string) as it is."""
-    monkeypatch.chdir(ROOT)
-    recipe = tmp_path / "prefopt.yaml"
-    recipe.write_text("lambdas: 1\nuse_peft: true\nlora_target_modules: all-linear\n")
-    assert _entry("finetune.prefopt")(["--config", str(recipe), "--dry_run"]) == 0
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe)
+    assert _entry(module)(["--config", str(path), "--dry_run"]) == 0
     out = capsys.readouterr().out
-    assert "lambdas: [1]" in out
-    assert "lora_target_modules: 'all-linear'" in out
+    for line in shown:
+        assert line in out
