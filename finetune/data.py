@@ -71,3 +71,13 @@ def prepare(rows, collator, where: str):
     if "length" in rows.column_names:
         rows = rows.remove_columns("length")
     return rows.add_column("length", lengths)
+
+
+def truncation(lengths: list[int], max_length: int | None) -> str | None:
+    """What `max_length` cuts off these examples, in one line, or None: a cut example keeps its first rows, so its
+    end (the end token that teaches the model to stop included) is never trained."""
+    cut = [n for n in lengths if max_length and n > max_length]
+    if not cut:
+        return None
+    return (f"max_length {max_length} cuts {len(cut)} of {len(lengths)} examples (up to {max(cut)} tokens long): "
+            f"their ends, the end token included, are never trained; --max_length {max(cut)} keeps them whole")

@@ -26,7 +26,7 @@ from interpreter import add_tag_tokens, has_tag_tokens, load_model, load_tokeniz
 from pipeline.dataset import load_splits, split
 
 from .collator import PastaCollator
-from .data import VARIANTS, prepare, pushed_as, tag_tokens_setting
+from .data import VARIANTS, prepare, pushed_as, tag_tokens_setting, truncation
 from .hub import base_license, push_model
 
 DEFAULT_OUTPUT_DIR = "trainer_output"  # what TrainingArguments makes of an unset output_dir
@@ -249,6 +249,8 @@ def train(variant: str, args: FinetuneArguments, sft: SFTConfig, model_args: Mod
         print(f"finetune {name}: {len(train_rows)} examples ({tokens} tokens, {text_field!r}) from {where}; "
               f"{model_args.model_name_or_path}, {'LoRA' if model_args.use_peft else 'full'}, {trainable:,} trainable "
               f"parameters, {added} tag tokens added", file=sys.stderr, flush=True)
+        if cut := truncation(train_rows["length"], sft.max_length):
+            print(f"finetune {name}: warning: {cut}", file=sys.stderr, flush=True)
     result = trainer.train(resume_from_checkpoint=resume)
 
     if model_args.use_peft:

@@ -75,10 +75,18 @@ def test_a_rerun_keeps_finished_models_unless_told_to_overwrite(setup, tmp_path,
     run(setup, tmp_path)
     weights = tmp_path / "models/pasta-sft/model.safetensors"
     stamp = weights.stat().st_mtime_ns
+    assert "max_length" not in capsys.readouterr().err  # the default holds every example whole
     run(setup, tmp_path)
     assert weights.stat().st_mtime_ns == stamp and "already trained" in capsys.readouterr().err
     run(setup, tmp_path, "--overwrite")
     assert weights.stat().st_mtime_ns != stamp
+
+
+def test_a_max_length_that_cuts_examples_says_so(setup, tmp_path, capsys):
+    run(setup, tmp_path, "--max_length", "100")
+    err = capsys.readouterr().err
+    assert re.search(r"pasta-sft: warning: max_length 100 cuts [1-6] of 6 examples \(up to 1\d\d tokens long\): "
+                     r"their ends, the end token included, are never trained; --max_length 1\d\d keeps them whole", err)
 
 
 def test_train_layers_trains_only_the_top_of_the_stack(setup, tmp_path):
