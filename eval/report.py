@@ -21,8 +21,9 @@ from interpreter.tags import Lexer, Tag, Text
 from .prompts import turn2_id
 
 COLUMNS = ["method", "model", "n", "judge_failures", "win_rate", "length_adjusted_win_rate", "length_adjusted_ci_low",
-           "length_adjusted_ci_high", "wall_speedup", "step_speedup", "theoretical_speedup", "parallelism",
-           "tokens_per_s", "mean_tokens", "cut", "looped", "repaired", "block_repetition"]
+           "length_adjusted_ci_high", "wall_speedup", "wall_speedup_ci_low", "wall_speedup_ci_high", "step_speedup",
+           "theoretical_speedup", "parallelism", "tokens_per_s", "mean_tokens", "cut", "looped", "repaired",
+           "block_repetition"]
 ADJUSTED = "length-adjusted win rate (length-only GLM)"  # what the figure is: not alpaca_eval's LC win rate
 
 
@@ -34,13 +35,14 @@ def _fmt(v) -> str:
 
 def table_markdown(rows: list[dict], judge_label: str) -> str:
     head = ("| method | model | n | judge failures | win rate | length-adjusted win rate (length-only GLM; 95% CI) | "
-            "wall-clock speedup | step speedup | theoretical speedup | parallelism | tokens/s | tokens | cut | "
-            "looped | repaired | repeated across blocks |")
+            "wall-clock speedup (95% CI) | step speedup | theoretical speedup | parallelism | tokens/s | tokens | "
+            "cut | looped | repaired | repeated across blocks |")
     lines = [f"Quality judge: **{judge_label}**. Win rates are against the sequential baseline (50 = equal), over the "
              "pairs the judge answered; judge failures (an error after retries, or a reply that is neither A nor B) "
              "are counted, never scored as ties. The length-adjusted win rate is a logistic fit of the preference "
              "on the length difference alone, read at equal length; it is not alpaca_eval's length-controlled win "
-             "rate (docs/eval.md). The step speedup is the wall-clock speedup counted in forward passes (each "
+             "rate (docs/eval.md). The speedup's interval resamples the prompts: how far another draw of as many "
+             "prompts could move it. The step speedup is the wall-clock speedup counted in forward passes (each "
              "prompt's sequential passes over the method's, geometric mean): what it would read if every pass cost "
              "the same, free of the machine's speed drifting between rows. Without a judge: answers cut by the "
              "token budget, stopped in a loop, whose tags needed a repair, and the share of a block's word 3-grams "
@@ -48,7 +50,8 @@ def table_markdown(rows: list[dict], judge_label: str) -> str:
     for r in rows:
         lines.append(f"| {r['method']} | {r['model']} | {r['n']} | {r['judge_failures']} | {_fmt(r['win_rate'])} | "
                      f"{_fmt(r['length_adjusted_win_rate'])} ({_fmt(r['length_adjusted_ci_low'])}–"
-                     f"{_fmt(r['length_adjusted_ci_high'])}) | {_fmt(r['wall_speedup'])}× | "
+                     f"{_fmt(r['length_adjusted_ci_high'])}) | {_fmt(r['wall_speedup'])}× "
+                     f"({_fmt(r['wall_speedup_ci_low'])}–{_fmt(r['wall_speedup_ci_high'])}) | "
                      f"{_fmt(r['step_speedup'])}× | {_fmt(r['theoretical_speedup'])}× | {_fmt(r['parallelism'])} | "
                      f"{_fmt(r['tokens_per_s'])} | {_fmt(r['mean_tokens'])} | {r['cut']} | {r['looped']} | "
                      f"{r['repaired']} | {_fmt(r['block_repetition'])} |")
@@ -85,11 +88,13 @@ def pareto_plot(rows: list[dict], path: Path, judge_label: str, prompts: str = "
     for r in rows:
         y = r["length_adjusted_win_rate"]
         lo, hi = y - r["length_adjusted_ci_low"], r["length_adjusted_ci_high"] - y
-        ax.errorbar(r["wall_speedup"], y, yerr=[[max(lo, 0)], [max(hi, 0)]], fmt=markers.get(
+        x = r["wall_speedup"]
+        left, right = x - r["wall_speedup_ci_low"], r["wall_speedup_ci_high"] - x
+        ax.errorbar(x, y, yerr=[[max(lo, 0)], [max(hi, 0)]], xerr=[[max(left, 0)], [max(right, 0)]], fmt=markers.get(
             r["method"], "o"), capsize=3, label=f"{r['method']} · {r['model']}", zorder=2)
     ax.axhline(50, color="grey", lw=0.8, ls="--")
     ax.axvline(1, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("wall-clock speedup over sequential (geometric mean)")
+    ax.set_xlabel("wall-clock speedup over sequential (geometric mean; bars: 95% CIs over prompts)")
     ax.set_ylabel(f"{ADJUSTED}\nvs sequential baseline (%)")
     ax.set_title(f"Quality vs speed{' on ' + prompts if prompts else ''}\njudge: {judge_label}", fontsize=10)
     ax.legend(fontsize=7, loc="best")

@@ -262,10 +262,13 @@ def metrics(args, prompts, generations, prefs) -> list[dict]:
         lc, lb = [len(gens[i]["text"]) for i in judged], [len(baseline[i]["text"]) for i in judged]
         lo, hi = bootstrap(length_adjusted_win_rate, p, lc, lb, n=args.bootstrap)
         walls = [baseline[i]["wall_time"] / gens[i]["wall_time"] for i in ids]
+        # how far another draw of as many prompts could move it: per-prompt ratios spread 0.5-3x on 16 prompts
+        wall_lo, wall_hi = bootstrap(geomean, walls, n=args.bootstrap)
         rows.append({
             "method": method, "model": model, "n": len(ids), "judge_failures": len(ids) - len(judged),
             "win_rate": win_rate(p), "length_adjusted_win_rate": length_adjusted_win_rate(p, lc, lb),
             "length_adjusted_ci_low": lo, "length_adjusted_ci_high": hi, "wall_speedup": geomean(walls),
+            "wall_speedup_ci_low": wall_lo, "wall_speedup_ci_high": wall_hi,
             "step_speedup": geomean([baseline[i]["steps"] / gens[i]["steps"] for i in ids]),
             "theoretical_speedup": geomean([gens[i]["theoretical_speedup"] or 1.0 for i in ids]),
             "parallelism": sum(gens[i]["parallelism"] or 1.0 for i in ids) / len(ids),

@@ -47,6 +47,12 @@ def test_eval_end_to_end_and_caching(run_root, capsys):
     ratios = [sequential[i] / n for i, n in passes("pasta--pasta-sft").items()]
     pasta = next(r for r in rows if r["method"] == "pasta")
     assert pasta["step_speedup"] == pytest.approx(math.prod(ratios) ** (1 / len(ratios)))
+    # the wall-clock figure's interval over prompts holds it; the baseline against itself has none
+    assert pasta["wall_speedup_ci_low"] <= pasta["wall_speedup"] <= pasta["wall_speedup_ci_high"]
+    assert rows[0]["wall_speedup_ci_low"] == rows[0]["wall_speedup_ci_high"] == 1.0
+    table = (out / "results.md").read_text()
+    low, high = pasta["wall_speedup_ci_low"], pasta["wall_speedup_ci_high"]
+    assert f"| {pasta['wall_speedup']:.2f}× ({low:.2f}–{high:.2f}) |" in table
     assert "| step speedup |" in (out / "results.md").read_text()
     for f in ["results.md", "results.csv", "pareto.png", "report.html", "alpaca_eval/pasta_pasta-sft.json"]:
         assert (out / f).exists(), f
