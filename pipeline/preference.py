@@ -3,7 +3,7 @@
 For each training prompt, N answers are sampled from the current PASTA model through the
 interpreter; each is scored as theoretical speedup + λ·quality, quality being a judge's
 preference for it over the dataset's reference answer (the openai judge, or the offline proxy); with
-`speed="sooner"` the speedup is how soon it ends instead (`rank_sooner`).
+`speed="sooner"` the speedup is how soon it ends instead (`rank`).
 An answer the sampling budget ended is left out, and a broken one (its tags needed repair, or it
 loops) never counts as best. For every λ the best and the worst answer of a prompt form a pair.
 
@@ -268,15 +268,19 @@ def _draw(args: PreferenceArguments, policy: str, out: Path, prompts: list[dict]
 
 def _costs(stored: str, tokenizer) -> dict:
     costs = measure(stored, tokenizer)
-    return {"speedup": costs.theoretical_speedup, "tokens": costs.sequential_tokens, "steps": costs.parallel_steps}
+    return {"tokens": costs.sequential_tokens, "steps": costs.parallel_steps}
 
 
-def rank_sooner(samples: dict[str, list[dict]]) -> None:
-    """Gives each sample, as its `speedup`, its prompt's median answer length over its own steps (`speed: sooner`)."""
+def rank(samples: dict[str, list[dict]], speed: str) -> None:
+    """Gives each sample the `speedup` it is ranked by, from its tokens and steps: `theoretical`, its own tokens over
+    its steps; `sooner`, its prompt's median answer length over its steps."""
     for group in samples.values():
         typical = statistics.median(s["tokens"] for s in group)
         for s in group:
-            s["speedup"] = typical / max(s["steps"], 1)
+            if speed == "sooner":
+                s["speedup"] = typical / max(s["steps"], 1)
+            else:
+                s["speedup"] = s["tokens"] / s["steps"] if s["steps"] else 1.0
 
 
 def _pairs(args: PreferenceArguments, judge, policy: str, out: Path, prompts: list[dict], rows: list[dict],
@@ -293,12 +297,11 @@ def _pairs(args: PreferenceArguments, judge, policy: str, out: Path, prompts: li
     rows = [r for r in rows if r["quality"] is not None]
     for r in rows:
         samples.setdefault(r["id"], []).append(r)
-    if args.speed == "sooner":
-        if any("steps" not in r for r in rows):  # drawn before samples kept their lengths
-            tokenizer = load_tokenizer(policy)
-            for r in rows:
-                r.update(_costs(r["stored"], tokenizer))
-        rank_sooner(samples)
+    if any("steps" not in r for r in rows):  # drawn before samples kept their lengths
+        tokenizer = load_tokenizer(policy)
+        for r in rows:
+            r.update(_costs(r["stored"], tokenizer))
+    rank(samples, args.speed)
     summary = {"policy": policy, "judge": judge.label, "speed": args.speed, "prompts": len(prompts),
                "samples": len(rows), "judge_failures": failures,
                "mean_speedup": sum(r["speedup"] for r in rows) / len(rows),

@@ -16,7 +16,7 @@ from finetune.collator import PastaCollator
 from finetune.prefopt import PairCollator, PrefOptArguments, run_rounds, sequence_logps, train_pairs
 from interpreter import Engine, Script, encode, turn_end_id
 from pipeline.errors import PipelineError
-from pipeline.preference import answer, pairs_for, rank_sooner
+from pipeline.preference import answer, pairs_for, rank
 
 FAST = '<promise topic="a" tokens="4"/><async> one</async><promise topic="b" tokens="4"/><async> two</async><sync/>'
 SLOW = " one two"
@@ -73,10 +73,10 @@ def test_sooner_ranks_a_shorter_answer_above_a_longer_one_that_forks_as_much():
     long_forked, short_plain = drawn(300, 150, "long list"), drawn(100, 100, "short paragraph")
     group = {"p": [long_forked, short_plain]}
     assert chosen(group) == "long list"  # theoretical: 2.0 against 1.0, though it ends 50 steps later
-    rank_sooner(group)  # the median answer, 200 tokens, over each one's steps
+    rank(group, "sooner")  # the median answer, 200 tokens, over each one's steps
     assert chosen(group) == "short paragraph"
     group = {"p": [drawn(300, 150, "long list"), drawn(100, 100, "short paragraph"), drawn(120, 60, "short list")]}
-    rank_sooner(group)
+    rank(group, "sooner")
     assert chosen(group) == "short list" and answer(pairs_for(group, 1.0)[0], "rejected") == "long list"
 
 
