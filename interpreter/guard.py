@@ -27,11 +27,13 @@ Main writes a sync only while a block is unsynced: one with nothing to wait for 
 path, and a half-trained student wrote `<sync/>` 310 times at the end of an answer until the budget ran out.
 
 A block keeps its promise: once it has drawn `overrun` times the promised tokens, it ends at its next line break
-(the guard writes `</async>` there). Blocks that run that far past their promise loop or wander (`2. Carry a
-"70"/> 3. Carry a "80"/>` on and on), and they spend the budget the later blocks and main's close need.
+or sentence end (the guard writes `</async>` there). Blocks that run that far past their promise loop or wander
+(`2. Carry a "70"/> 3. Carry a "80"/>` on and on), and they spend the budget the later blocks and main's close need.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -43,7 +45,8 @@ TOPIC_WORDS = 4  # a list number and three words: each is a step on main's criti
 TOKENS_DIGITS = 3  # under 1000: main's position jumps by `tokens`, and a student's `7000`s ran past the model's 8192
 INNER_PIECES = ('" tokens="', '"/>', *LENGTH_PIECES)  # what a promise tag holds after its topic
 NO_PROMISE = (SYNC,)  # main's tags once the budget has no room for another promise
-OVERRUN = 1.5  # a block past this many times its promised tokens ends at its next line break
+OVERRUN = 1.5  # a block past this many times its promised tokens ends at its next line break or sentence end
+SENTENCE_END = re.compile(r'(\n|[^\W\d_][.!?]["\')]?)$')  # `3.` is a list number, not a sentence's end
 # ' tokens="' too: a topic closed by a plain `"` (`Arrive="`) needs the rest of the piece when `" tokens="` is one token
 CLOSING_PIECES = (*INNER_PIECES, ' tokens="', "</async>", "<sync/>", *"0123456789")
 
@@ -92,10 +95,10 @@ class TagGuard:
                         tokens_digits=self.tokens_digits)
 
     def choose(self, row: torch.Tensor, thread, token: int, sampler) -> tuple[int, bool]:
-        """`</async>` for a block past its promise at a line break (`_overdue`); else the drawn token if valid;
-        inside an open promise tag, else the likeliest valid closing piece; elsewhere the first redraw by the
-        sampler's own rule (greedy: the next best) that keeps the thread valid, the closing pieces only if none
-        does. Also whether the guard steered."""
+        """`</async>` for a block past its promise at a line break or sentence end (`_overdue`); else the drawn
+        token if valid; inside an open promise tag, else the likeliest valid closing piece; elsewhere the first
+        redraw by the sampler's own rule (greedy: the next best) that keeps the thread valid, the closing pieces
+        only if none does. Also whether the guard steered."""
         if (close := self._overdue(thread)) is not None:
             return close, close != token
         if self.allows(thread, token):
@@ -110,12 +113,12 @@ class TagGuard:
         return self._closing_piece(row, thread, token), True
 
     def _overdue(self, thread) -> int | None:
-        """For a block that has drawn `overrun` times its promise: the first token of `</async>` once a line has
-        ended, the next one while it is being written; else None."""
+        """For a block that has drawn `overrun` times its promise: the first token of `</async>` once a line or a
+        sentence has ended, the next one while it is being written; else None."""
         if thread.tid == MAIN or thread.drawn < self.overrun * thread.promised:
             return None
         pending = thread.lexer.pending
-        if not pending and not thread.tail(1).endswith("\n"):
+        if not pending and not SENTENCE_END.search(thread.tail(3)):
             return None
         return self.close_after.get(pending)
 

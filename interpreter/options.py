@@ -16,7 +16,7 @@ class Options:
     max_new_tokens: int = 512  # every thread's drawn tokens together
     max_thread_tokens: int = 256  # one async thread's drawn tokens
     max_threads: int = 8  # async threads decoding at once; later promises wait their turn
-    max_promises: int = 32  # forks per answer; further promises are dropped
+    max_promises: int = 32  # forks per answer; further promises are dropped (guarded: never begun)
     max_promise_tokens: int = 1024  # a promise's N is clamped to this
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0

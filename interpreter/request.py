@@ -312,11 +312,13 @@ class Request:
                 self._drop(main, f"main: dropped {ev.raw} (only an async thread writes it)")
 
     def _room_for_promise(self) -> bool:
-        """Whether the budget holds another promise like the last: what no thread has drawn yet, less what
-        the blocks still writing owe (a promise's tokens, less what its block drew), is at least its tag
-        and its N (past that, max_new_tokens would cut its block)."""
+        """Whether another promise may begin: fewer than `max_promises` so far, and the budget holds one like
+        the last: what no thread has drawn yet, less what the blocks still writing owe (a promise's tokens, less
+        what its block drew), is at least its tag and its N (past that, max_new_tokens would cut its block)."""
         if not self.promises:
             return True
+        if len(self.promises) >= self.opts.max_promises:
+            return False
         owed = 0
         for item in self.promises:
             block = self._block_of(item)

@@ -230,6 +230,33 @@ def test_a_promise_the_budget_cannot_hold_is_not_begun(engine):
     assert wish(engine, main, blocks, max_new_tokens=400).threads == 3  # room for all three
 
 
+
+def test_a_block_of_sentences_far_past_its_promise_ends_at_its_next_sentence_end(engine):
+    """The demo's student wrote blocks as one paragraph, twice their promise of 20 tokens and no line break, and the
+    budget cut the answer's last blocks: past 1.5 times its promise a block ends after its next sentence (a list
+    number's `2.` is no sentence end)."""
+    main = 'Try:<promise topic="a" tokens="10"/><sync/>Done.'
+    block = "Go on in 2. " + " ".join(["Walk on and on."] * 20) + "</async>"
+    unguarded = wish(engine, main, [block], guard_tags=False, max_new_tokens=100)
+    assert unguarded.finish_reason == "length" and not unguarded.text.endswith("Done.")
+    r = wish(engine, main, [block], max_new_tokens=100)
+    assert r.finish_reason == "stop" and r.repairs == [] and r.text.endswith("Done.")
+    kept = parse(r.stored).blocks[0].text
+    assert kept.endswith("on.") and block.startswith(kept) and 15 <= len(encode(engine.tokenizer, kept)) < 25
+
+def test_no_promise_is_begun_past_max_promises(engine):
+    """A student taught at most 8 blocks an answer promised a 9th, a 10th, an 11th, and ran into the budget: with
+    `max_promises` reached, main writes text where it would have begun another promise (unguarded, the promise is
+    dropped and counted as a repair)."""
+    main = "Try:" + "".join(f'<promise topic="{t}" tokens="5"/>' for t in "abcd") + "<sync/>Done."
+    blocks = [f"{i}.</async>" for i in range(1, 5)]
+    unguarded = wish(engine, main, blocks, guard_tags=False, max_promises=2)
+    assert unguarded.threads == 2 and sum("dropped promise" in x for x in unguarded.repairs) == 2
+    r = wish(engine, main, blocks, max_promises=2)
+    assert r.threads == 2 and r.repairs == [] and r.steered > 0 and r.text.endswith("Done.")
+    assert r.stored.count("<promise") == 2
+    assert wish(engine, main, blocks).threads == 4  # the default leaves them all
+
 def test_a_block_far_past_its_promise_ends_at_its_next_line_break(engine):
     """A student's block that promised 40 tokens ran to 131 (`2. Carry a "70"/> 3. Carry a "80"/> …`) and spent the
     budget: past 1.5 times its promise a block ends at its next line break, and what main writes after its sync
