@@ -230,7 +230,6 @@ def test_a_promise_the_budget_cannot_hold_is_not_begun(engine):
     assert wish(engine, main, blocks, max_new_tokens=400).threads == 3  # room for all three
 
 
-
 def test_a_block_of_sentences_far_past_its_promise_ends_at_its_next_sentence_end(engine):
     """The demo's student wrote blocks as one paragraph, twice their promise of 20 tokens and no line break, and the
     budget cut the answer's last blocks: past 1.5 times its promise a block ends after its next sentence (a list
@@ -244,10 +243,11 @@ def test_a_block_of_sentences_far_past_its_promise_ends_at_its_next_sentence_end
     kept = parse(r.stored).blocks[0].text
     assert kept.endswith("on.") and block.startswith(kept) and 15 <= len(encode(engine.tokenizer, kept)) < 25
 
+
 def test_no_promise_is_begun_past_max_promises(engine):
-    """A student taught at most 8 blocks an answer promised a 9th, a 10th, an 11th, and ran into the budget: with
-    `max_promises` reached, main writes text where it would have begun another promise (unguarded, the promise is
-    dropped and counted as a repair)."""
+    """Given a budget of 512 tokens, the demo's student forked 10 and 11 ways where no training answer holds more
+    than 8 blocks: with `max_promises` reached, main writes text where it would have begun another promise
+    (unguarded, the promise is dropped and counted as a repair)."""
     main = "Try:" + "".join(f'<promise topic="{t}" tokens="5"/>' for t in "abcd") + "<sync/>Done."
     blocks = [f"{i}.</async>" for i in range(1, 5)]
     unguarded = wish(engine, main, blocks, guard_tags=False, max_promises=2)
