@@ -275,12 +275,13 @@ def rank(samples: dict[str, list[dict]], speed: str) -> None:
     """Gives each sample the `speedup` it is ranked by, from its tokens and steps: `theoretical`, its own tokens over
     its steps; `sooner`, its prompt's median answer length over its steps."""
     for group in samples.values():
-        typical = statistics.median(s["tokens"] for s in group)
-        for s in group:
-            if speed == "sooner":
+        if speed == "sooner":
+            typical = statistics.median(s["tokens"] for s in group)
+            for s in group:
                 s["speedup"] = typical / max(s["steps"], 1)
-            else:
-                s["speedup"] = s["tokens"] / s["steps"] if s["steps"] else 1.0
+            continue
+        for s in group:
+            s["speedup"] = s["tokens"] / s["steps"] if s["steps"] else 1.0
 
 
 def _pairs(args: PreferenceArguments, judge, policy: str, out: Path, prompts: list[dict], rows: list[dict],
