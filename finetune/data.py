@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from interpreter import PastaSyntaxError
+from interpreter import PastaSyntaxError, prompt_ids
 from pipeline.dataset import HUB_ID, DatasetError
 
 # variant -> (column it trains on, model folder name)
@@ -81,3 +81,27 @@ def truncation(lengths: list[int], max_length: int | None) -> str | None:
         return None
     return (f"max_length {max_length} cuts {len(cut)} of {len(lengths)} examples (up to {max(cut)} tokens long): "
             f"their ends, the end token included, are never trained; --max_length {max(cut)} keeps them whole")
+
+
+def tagged_lengths(rows, tokenizer) -> list[int]:
+    """Each example's length with its tags, as the PASTA variant lays it out: prompt, the answer in the tokenization
+    its dataset measured (data_gen's `total_tokens`), the end token; the same for both variants, so that a length
+    rule leaves out the same answers of each. A dataset without `total_tokens` gives each row's own `length`."""
+    if "total_tokens" not in rows.column_names:
+        return list(rows["length"])
+    return [len(prompt_ids(tokenizer, messages)) + answer + 1
+            for messages, answer in zip(rows["messages"], rows["total_tokens"])]
+
+
+def drop_long(rows, tokenizer, max_length: int, where: str):
+    """The examples whose tagged length fits `max_length`, and one line on what was left out (None if nothing)."""
+    lengths = tagged_lengths(rows, tokenizer)
+    keep = [i for i, n in enumerate(lengths) if n <= max_length]
+    if len(keep) == len(lengths):
+        return rows, None
+    if not keep:
+        raise DatasetError(f"{where}: every example is longer than max_length {max_length} with its tags "
+                           f"(the shortest: {min(lengths)} tokens); raise --max_length")
+    note = (f"left out {len(lengths) - len(keep)} of {len(lengths)} examples longer than max_length {max_length} with "
+            f"their tags (up to {max(lengths)} tokens)")
+    return rows.select(keep), note

@@ -26,7 +26,7 @@ from interpreter import add_tag_tokens, has_tag_tokens, load_model, load_tokeniz
 from pipeline.dataset import load_splits, split
 
 from .collator import PastaCollator
-from .data import VARIANTS, prepare, pushed_as, tag_tokens_setting, truncation
+from .data import VARIANTS, drop_long, prepare, pushed_as, tag_tokens_setting, truncation
 from .hub import base_license, push_model
 
 DEFAULT_OUTPUT_DIR = "trainer_output"  # what TrainingArguments makes of an unset output_dir
@@ -51,6 +51,10 @@ class FinetuneArguments:
     train_layers: int | None = field(default=None, metadata={
         "help": "train only the last N decoder layers (LoRA: adapters there only; full: the rest frozen), so the "
                 "backward pass stops below them; added tag tokens then learn their own rows through the LM head"})
+    long_examples: Literal["truncate", "drop"] = field(default="truncate", metadata={
+        "help": "an example longer than max_length: truncate trains its first max_length tokens (its end and end "
+                "token never); drop leaves it out, judged by its length with tags so that the control leaves out "
+                "the same answers"})
     max_train_examples: int | None = field(default=None, metadata={"help": "train on the first N examples only"})
     overwrite: bool = field(default=False, metadata={
         "help": "retrain a variant whose final model already exists (by default it is kept and skipped)"})
@@ -232,6 +236,9 @@ def train(variant: str, args: FinetuneArguments, sft: SFTConfig, model_args: Mod
     if args.max_train_examples:
         train_rows = train_rows.select(range(min(args.max_train_examples, len(train_rows))))
     train_rows = prepare(train_rows, collator, f"{where} [{args.dataset_train_split}]")
+    dropped = None
+    if args.long_examples == "drop" and sft.max_length:
+        train_rows, dropped = drop_long(train_rows, tokenizer, sft.max_length, where)
     eval_rows = None
     if sft.eval_strategy != "no":
         eval_rows = prepare(split(data, args.dataset_test_split, where), collator,
@@ -249,6 +256,8 @@ def train(variant: str, args: FinetuneArguments, sft: SFTConfig, model_args: Mod
         print(f"finetune {name}: {len(train_rows)} examples ({tokens} tokens, {text_field!r}) from {where}; "
               f"{model_args.model_name_or_path}, {'LoRA' if model_args.use_peft else 'full'}, {trainable:,} trainable "
               f"parameters, {added} tag tokens added", file=sys.stderr, flush=True)
+        if dropped:
+            print(f"finetune {name}: {dropped}", file=sys.stderr, flush=True)
         if cut := truncation(train_rows["length"], sft.max_length):
             print(f"finetune {name}: warning: {cut}", file=sys.stderr, flush=True)
     result = trainer.train(resume_from_checkpoint=resume)

@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +88,22 @@ def test_a_max_length_that_cuts_examples_says_so(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(r"pasta-sft: warning: max_length 100 cuts [1-6] of 6 examples \(up to 1\d\d tokens long\): "
                      r"their ends, the end token included, are never trained; --max_length 1\d\d keeps them whole", err)
+
+
+def test_dropping_long_examples_leaves_out_the_same_answers_of_both_variants(setup, tmp_path, capsys):
+    rows = [json.loads(line) for line in (Path(setup["data"]) / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for i, row in enumerate(rows):  # the answer's length with tags, as data_gen measures it: two are long
+        row["total_tokens"] = 500 if i < 2 else 20
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(setup, tmp_path, "--dataset", str(data), "--variant", "both", "--max_length", "100",
+        "--long_examples", "drop")
+    err = capsys.readouterr().err
+    for name in ("pasta-sft", "baseline-sft"):  # the control's own answers are short, and it leaves out the same two
+        assert json.loads((tmp_path / "models" / name / "training.json").read_text())["examples"] == 4
+        assert re.search(name + r": left out 2 of 6 examples longer than max_length 100 with their tags "
+                         r"\(up to 5\d\d tokens\)", err)
 
 
 def test_train_layers_trains_only_the_top_of_the_stack(setup, tmp_path):
