@@ -316,6 +316,7 @@ def recipe(summary: dict, args: FinetuneArguments, sft: SFTConfig, model_args: M
               "warmup_steps": sft.warmup_steps, "weight_decay": sft.weight_decay,
               "per_device_train_batch_size": sft.per_device_train_batch_size,
               "gradient_accumulation_steps": sft.gradient_accumulation_steps, "max_length": sft.max_length,
+              "long_examples": args.long_examples if sft.max_length else None,
               "bf16": sft.bf16, "seed": sft.seed, "examples": summary.get("examples"),
               "optimizer steps": summary.get("steps"), "final loss": summary.get("final_loss")}
     return {k: getattr(v, "value", v) for k, v in picked.items() if v is not None}  # enums as their names
