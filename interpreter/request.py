@@ -315,10 +315,10 @@ class Request:
         """Whether another promise may begin: fewer than `max_promises` so far, and the budget holds one like
         the last: what no thread has drawn yet, less what the blocks still writing owe (a promise's tokens, less
         what its block drew), is at least its tag and its N (past that, max_new_tokens would cut its block)."""
-        if not self.promises:
-            return True
         if len(self.promises) >= self.opts.max_promises:
             return False
+        if not self.promises:
+            return True
         owed = 0
         for item in self.promises:
             block = self._block_of(item)

@@ -256,6 +256,9 @@ def test_no_promise_is_begun_past_max_promises(engine):
     assert r.threads == 2 and r.repairs == [] and r.steered > 0 and r.text.endswith("Done.")
     assert r.stored.count("<promise") == 2
     assert wish(engine, main, blocks).threads == 4  # the default leaves them all
+    never = wish(engine, main, blocks, max_promises=0)  # none at all, the first included
+    assert never.threads == 0 and never.repairs == [] and "<promise" not in never.stored
+
 
 def test_a_block_far_past_its_promise_ends_at_its_next_line_break(engine):
     """A student's block that promised 40 tokens ran to 131 (`2. Carry a "70"/> 3. Carry a "80"/> …`) and spent the
