@@ -29,6 +29,12 @@ path, and a half-trained student wrote `<sync/>` 310 times at the end of an answ
 A block keeps its promise: once it has drawn `overrun` times the promised tokens, it ends at its next line break
 or sentence end (the guard writes `</async>` there). Blocks that run that far past their promise loop or wander
 (`2. Carry a "70"/> 3. Carry a "80"/>` on and on), and they spend the budget the later blocks and main's close need.
+
+A budget cut lands in the middle of a parallel answer, not at its end: `max_new_tokens` stops every running block
+mid-sentence, and the reader finds broken sentences between whole ones. Once the budget runs short
+(`Thread.budget_short`, the request's rule: about a sentence left for each running block and main), main begins no
+promise and the blocks end at their next line break or sentence end the same way; such a block is counted as a
+repair, since the budget, not the model, ended it.
 """
 
 from __future__ import annotations
@@ -100,6 +106,8 @@ class TagGuard:
         redraw by the sampler's own rule (greedy: the next best) that keeps the thread valid, the closing pieces
         only if none does. Also whether the guard steered."""
         if (close := self._overdue(thread)) is not None:
+            if close != token and thread.drawn < self.overrun * thread.promised:
+                thread.wrapped = True  # the budget ends it, not its promise: the request counts it as a repair
             return close, close != token
         if self.allows(thread, token):
             return token, False
@@ -113,12 +121,14 @@ class TagGuard:
         return self._closing_piece(row, thread, token), True
 
     def _overdue(self, thread) -> int | None:
-        """For a block that has drawn `overrun` times its promise: the first token of `</async>` once a line or a
-        sentence has ended, the next one while it is being written; else None."""
-        if thread.tid == MAIN or thread.drawn < self.overrun * thread.promised:
+        """For a block that has drawn `overrun` times its promise, or whose answer's budget runs short: the first
+        token of `</async>` once a line or a sentence of its text has ended, the next one while it is being written;
+        else None. A block once ended for the budget stays so (a block ending frees room)."""
+        if thread.tid == MAIN or not (thread.wrapped or thread.drawn >= self.overrun * thread.promised
+                                      or thread.budget_short()):
             return None
         pending = thread.lexer.pending
-        if not pending and not SENTENCE_END.search(thread.tail(3)):
+        if not pending and not (SENTENCE_END.search(thread.tail(3)) and thread.text().strip()):
             return None
         return self.close_after.get(pending)
 

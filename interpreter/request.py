@@ -27,6 +27,9 @@ from .sampling import Context, Sampler
 from .tags import ASYNC_CLOSE, PROMISE, SYNC, BadTag, Lexer, Tag, Text, in_topic
 
 RUNNING, QUEUED, CLOSING, WAITING, DONE = "running", "queued", "closing", "waiting", "done"
+# tokens left per running thread (main too) below which the budget runs short: about a sentence of a block, so the
+# blocks can end theirs before max_new_tokens cuts them (TagGuard)
+WRAP_TOKENS = 24
 SETTLE_TAIL = 512  # characters of main's text checked for what may still be cut (a tag opener, a stop string)
 
 
@@ -45,6 +48,8 @@ class Thread:
         self.held: int | None = None  # main: token drawn after a sync, fed once the blocks end
         self.room_for_promise = lambda: True  # main: whether the budget holds another promise (the request's rule)
         self.promised = 0  # a block: its promise's tokens
+        self.budget_short = lambda: False  # a block: whether the answer's budget runs short (the request's rule)
+        self.wrapped = False  # a block: the guard ends it early because the budget runs short
         # what the repetition penalty counts (Options.repetition_penalty): the prompt and the text this thread
         # sees, in order, tags (but their topics) and end tokens left out
         self.context = Context()
@@ -239,6 +244,7 @@ class Request:
                 block = Thread(tid, Detokenizer(self.e.tokenizer, self.e.async_ids))
                 block.state, block.feed, block.promised = QUEUED, list(self.e.async_ids), tag.tokens
                 block.context = main.context.fork()
+                block.budget_short = self._budget_short
                 self.blocks.append(block)
             main.forks = []
         running = sum(b.state == RUNNING for b in self.blocks)
@@ -312,10 +318,10 @@ class Request:
                 self._drop(main, f"main: dropped {ev.raw} (only an async thread writes it)")
 
     def _room_for_promise(self) -> bool:
-        """Whether another promise may begin: fewer than `max_promises` so far, and the budget holds one like
-        the last: what no thread has drawn yet, less what the blocks still writing owe (a promise's tokens, less
+        """Whether another promise may begin: fewer than `max_promises` so far, the budget not short, and holding one
+        like the last: what no thread has drawn yet, less what the blocks still writing owe (a promise's tokens, less
         what its block drew), is at least its tag and its N (past that, max_new_tokens would cut its block)."""
-        if len(self.promises) >= self.opts.max_promises:
+        if len(self.promises) >= self.opts.max_promises or self._budget_short():
             return False
         if not self.promises:
             return True
@@ -325,6 +331,11 @@ class Request:
             if block is None or block.state in (RUNNING, QUEUED):
                 owed += max(0, item[1].tokens - (block.drawn if block else 0))
         return self.opts.max_new_tokens - self.total - owed >= self.last_tag_tokens + self.promises[-1][1].tokens
+
+    def _budget_short(self) -> bool:
+        """Whether what no thread has drawn yet is under WRAP_TOKENS for each running block and main."""
+        running = sum(b.state == RUNNING for b in self.blocks)
+        return self.opts.max_new_tokens - self.total < WRAP_TOKENS * (running + 1)
 
     def _main_text(self, main: Thread, text: str) -> None:
         if not text:
@@ -389,6 +400,8 @@ class Request:
                 block.items.append(("text", ev.text))
             elif isinstance(ev, Tag) and ev.kind == ASYNC_CLOSE:
                 block.close_raw, block.state = ev.raw, CLOSING
+                if block.wrapped:
+                    self._repair(f"block {block.tid}: ended at a sentence end, the answer's budget running short")
             else:
                 self._drop(block, f"block {block.tid}: dropped {ev.raw[:40]!r} (no nesting in async blocks)")
         if block.state == RUNNING and block.drawn >= self.opts.max_thread_tokens:

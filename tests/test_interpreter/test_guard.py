@@ -274,3 +274,20 @@ def test_a_block_far_past_its_promise_ends_at_its_next_line_break(engine):
     assert kept.endswith("\n") and block.startswith(kept) and 15 <= len(encode(engine.tokenizer, kept)) < 25
     assert wish(engine, main, ["1. go on\n2. go on</async>"]).stored == wish(  # within its promise: left alone
         engine, main, ["1. go on\n2. go on</async>"], guard_tags=False).stored
+
+
+def test_blocks_end_at_a_sentence_end_when_the_budget_runs_short(engine):
+    """The demo's student promised eight items of 20 to 30 tokens, its blocks ran past them, and max_new_tokens cut
+    three blocks mid-sentence in the middle of the answer: once the budget runs short the running blocks end at
+    their next sentence end, main's close stays, and each such block is counted as a repair."""
+    main = 'Try:<promise topic="a" tokens="40"/><promise topic="b" tokens="40"/><sync/>Done.'
+    block = " ".join(["Walk on and on."] * 30) + "</async>"
+    unguarded = wish(engine, main, [block, block], guard_tags=False, max_new_tokens=150)
+    assert unguarded.finish_reason == "length" and not unguarded.text.endswith("Done.")
+    r = wish(engine, main, [block, block], max_new_tokens=150)
+    assert r.finish_reason == "stop" and r.text.endswith("Done.") and r.tokens <= 150
+    assert len(r.repairs) == 2 and all("budget running short" in x for x in r.repairs)
+    for kept in (b.text for b in parse(r.stored).blocks):
+        assert kept.endswith("on.") and block.startswith(kept)
+    roomy = wish(engine, main, [block, block], max_new_tokens=1000)  # past 1.5 times its promise: no repair
+    assert roomy.finish_reason == "stop" and roomy.repairs == []
