@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from interpreter import PastaSyntaxError, prompt_ids
+from interpreter import PastaSyntaxError
 from pipeline.dataset import HUB_ID, DatasetError
 
 # variant -> (column it trains on, model folder name)
@@ -57,20 +57,21 @@ def tag_tokens_setting(where: str | Path, asked: bool | None) -> bool:
 
 def prepare(rows, collator, where: str):
     """Checks every row lays out (columns present, tags valid) and adds its token count as `length`,
-    which `train_sampling_strategy: group_by_length` reads."""
+    which `train_sampling_strategy: group_by_length` reads, and its prompt's as `prompt_length`."""
     missing = sorted({"messages", collator.text_field} - set(rows.column_names))
     if missing:
         raise DatasetError(f"{where}: no column {', '.join(map(repr, missing))} "
                            f"(columns: {', '.join(rows.column_names)})")
-    lengths = []
+    lengths, prompt_lengths = [], []
     for i, row in enumerate(rows):
         try:
-            lengths.append(len(collator.layout(row)))
+            lay = collator.layout(row)
         except PastaSyntaxError as err:
             raise DatasetError(f"{where}, row {i} (id {row.get('id')!r}): {collator.text_field}:{err}") from None
-    if "length" in rows.column_names:
-        rows = rows.remove_columns("length")
-    return rows.add_column("length", lengths)
+        lengths.append(len(lay))
+        prompt_lengths.append(lay.prompt_len)
+    rows = rows.remove_columns([c for c in ("length", "prompt_length") if c in rows.column_names])
+    return rows.add_column("length", lengths).add_column("prompt_length", prompt_lengths)
 
 
 def truncation(lengths: list[int], max_length: int | None) -> str | None:
@@ -83,19 +84,19 @@ def truncation(lengths: list[int], max_length: int | None) -> str | None:
             f"their ends, the end token included, are never trained; --max_length {max(cut)} keeps them whole")
 
 
-def tagged_lengths(rows, tokenizer) -> list[int]:
-    """Each example's length with its tags, as the PASTA variant lays it out: prompt, the answer in the tokenization
-    its dataset measured (data_gen's `total_tokens`), the end token; the same for both variants, so that a length
-    rule leaves out the same answers of each. A dataset without `total_tokens` gives each row's own `length`."""
+def tagged_lengths(rows) -> list[int]:
+    """Each `prepare`d example's length with its tags, as the PASTA variant lays it out: prompt, the answer in the
+    tokenization its dataset measured (data_gen's `total_tokens`), the end token; the same for both variants, so
+    that a length rule leaves out the same answers of each. Without `total_tokens`, each row's own `length`."""
     if "total_tokens" not in rows.column_names:
         return list(rows["length"])
-    return [len(prompt_ids(tokenizer, messages)) + answer + 1
-            for messages, answer in zip(rows["messages"], rows["total_tokens"])]
+    return [prompt + answer + 1 for prompt, answer in zip(rows["prompt_length"], rows["total_tokens"])]
 
 
-def drop_long(rows, tokenizer, max_length: int, where: str):
-    """The examples whose tagged length fits `max_length`, and one line on what was left out (None if nothing)."""
-    lengths = tagged_lengths(rows, tokenizer)
+def drop_long(rows, max_length: int, where: str):
+    """The `prepare`d examples whose tagged length fits `max_length`, and one line on what was left out (None if
+    nothing)."""
+    lengths = tagged_lengths(rows)
     keep = [i for i, n in enumerate(lengths) if n <= max_length]
     if len(keep) == len(lengths):
         return rows, None

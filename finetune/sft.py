@@ -238,7 +238,7 @@ def train(variant: str, args: FinetuneArguments, sft: SFTConfig, model_args: Mod
     train_rows = prepare(train_rows, collator, f"{where} [{args.dataset_train_split}]")
     dropped = None
     if args.long_examples == "drop" and sft.max_length:
-        train_rows, dropped = drop_long(train_rows, tokenizer, sft.max_length, where)
+        train_rows, dropped = drop_long(train_rows, sft.max_length, where)
     eval_rows = None
     if sft.eval_strategy != "no":
         eval_rows = prepare(split(data, args.dataset_test_split, where), collator,

@@ -333,9 +333,12 @@ class Request:
         return self.opts.max_new_tokens - self.total - owed >= self.last_tag_tokens + self.promises[-1][1].tokens
 
     def _budget_short(self) -> bool:
-        """Whether what no thread has drawn yet is under WRAP_TOKENS for each running block and main."""
-        running = sum(b.state == RUNNING for b in self.blocks)
-        return self.opts.max_new_tokens - self.total < WRAP_TOKENS * (running + 1)
+        """Whether what no thread has drawn yet is under WRAP_TOKENS for each running block and main (asked for every
+        token a guarded block draws: the running blocks are counted only near the budget's end)."""
+        left = self.opts.max_new_tokens - self.total
+        if left >= WRAP_TOKENS * (len(self.blocks) + 1):
+            return False
+        return left < WRAP_TOKENS * (sum(b.state == RUNNING for b in self.blocks) + 1)
 
     def _main_text(self, main: Thread, text: str) -> None:
         if not text:
