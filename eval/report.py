@@ -45,7 +45,8 @@ def table_markdown(rows: list[dict], judge_label: str) -> str:
              "prompts could move it. The step speedup is the wall-clock speedup counted in forward passes (each "
              "prompt's sequential passes over the method's, geometric mean): what it would read if every pass cost "
              "the same, free of the machine's speed drifting between rows. Without a judge: answers cut by the "
-             "token budget, stopped in a loop, whose tags needed a repair, and the share of a block's word 3-grams "
+             "token budget, stopped in a loop, repaired (a tag, or a block the budget's end closed), and the share "
+             "of a block's word 3-grams "
              "that another block of the same answer repeats.", "", head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['method']} | {r['model']} | {r['n']} | {r['judge_failures']} | {_fmt(r['win_rate'])} | "
