@@ -54,7 +54,7 @@ finetune-pair: setup
 CHECK_ARGS ?=
 check: setup
 	$(PY) -m finetune.check --run_dir $(RUN_DIR) --model $(RUN_DIR)/models/pasta-sft --repetition_penalty 1.15 \
-		--dtype bfloat16 --stop_loops true $(CHECK_ARGS)
+		--dtype auto --stop_loops true $(CHECK_ARGS)
 
 prefopt: setup
 	$(PY) -m finetune.prefopt --config $(PREFOPT_CONFIG) $(PREFOPT_ARGS)

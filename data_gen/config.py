@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from interpreter import EMBEDDED_MODEL, LOOPING
+from interpreter import DTYPES, EMBEDDED_MODEL, LOOPING
 
 TEACHERS = ("structural", "openai")
 SEED_LICENSE = "apache-2.0"  # the seed instructions are this project's, answered by the embedded SmolLM2 (apache-2.0)
@@ -36,7 +36,8 @@ class DataGenConfig:
     answer_model: str = _help("model that answers instructions without an answer", EMBEDDED_MODEL)
     answer_max_new_tokens: int = _help("answer length cap; a cut answer is trimmed back to its last full line", 200)
     answer_batch_size: int = _help("prompts per generate_batch call", 16)
-    answer_dtype: str = _help("float32 or bfloat16", "float32")
+    answer_dtype: str = _help("float32, bfloat16, float16-weights, or auto: where a batch "
+                                                 "step costs least here (interpreter.models.resolve_dtype)", "float32")
     # greedy decoding makes the 135M model loop on about a third of the seed prompts; sampling does not
     answer_temperature: float = _help("sampling temperature of the answers (0 = greedy)", 0.7)
     answer_top_p: float = _help("nucleus sampling of the answers", 0.9)
@@ -106,8 +107,8 @@ class DataGenConfig:
         if self.push_to_hub and not self.hub_license and self.source != "seed":
             raise ValueError(f"--push_to_hub of a dataset built from {self.source} needs --hub_license (the source's "
                              "license, e.g. mit for Open-Orca/SlimOrca)")
-        if self.answer_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"--answer_dtype must be float32, bfloat16 or float16, not {self.answer_dtype!r}")
+        if self.answer_dtype not in DTYPES:
+            raise ValueError(f"--answer_dtype must be one of {', '.join(DTYPES)}, not {self.answer_dtype!r}")
         for name in ("tokens_granularity", "max_blocks", "answer_batch_size", "openai_concurrency",
                      "answer_max_new_tokens", "openai_reply_tries", "answers_per_instruction"):
             if getattr(self, name) < 1:

@@ -17,7 +17,8 @@ from pipeline.preference import PreferenceArguments, sample_pairs
 class PairsArguments(PreferenceArguments):
     policy: str | None = field(default=None, metadata={"help": "model to sample; default <run_dir>/models/pasta-sft"})
     out: str | None = field(default=None, metadata={"help": "folder for samples and pairs; default <run_dir>/prefopt"})
-    dtype: str | None = field(default=None, metadata={"help": "the policy's dtype: float32 (CPU default), bfloat16"})
+    dtype: str | None = field(default=None, metadata={"help": "the policy's dtype (interpreter.DTYPES); "
+                                                              "default float32 on CPU"})
 
 
 def main(args: PairsArguments) -> dict:

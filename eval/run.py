@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from interpreter import Engine, ModelNotFound, Options, cross_block_repetition, load_model, parse
+from interpreter.models import pick_device, resolve_dtype
 from pipeline.errors import cli as run_cli
 from pipeline.jsonl import append_rows, read_rows
 from pipeline.judges import JudgeArguments, check_failures, probed_judge
@@ -67,7 +68,8 @@ class EvalArguments(JudgeArguments):
     repetition_penalty: float = field(default=1.0, metadata={
         "help": "HF's and vLLM's repetition penalty (1 = off), tags and end tokens spared "
                 "(Options.repetition_penalty), for every method alike"})
-    dtype: str | None = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "float32 (CPU default), bfloat16, float16, float16-weights, or auto: a parallel step cheapest"})
     device: str | None = None
     interleave: bool = field(default=False, metadata={
         "help": "every row answers a prompt before any row answers the next, every model resident at once: the "
@@ -167,7 +169,7 @@ def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[i
         caches[method, label, path] = Generations(
             shard_path(file, *shard) if shard else file,
             {"method": method, "model": path, "weights": weights_stamp(path), "options": asdict(options),
-             "dtype": args.dtype})
+             "dtype": resolve_dtype(args.dtype, pick_device(args.device))})
     runners = {}
 
     def runner_for(row: tuple[str, str, str]):

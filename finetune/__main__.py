@@ -15,8 +15,9 @@ import sys
 def run(args, sft, model_args) -> None:
     from pipeline.tracking import offline_unless_logged_in
 
-    from .sft import check_args, push, train
+    from .sft import check_args, cpu_precision, push, train
 
+    sft = cpu_precision(sft)
     check_args(args, sft, model_args)
     offline_unless_logged_in(sft.report_to)
     for variant in ["pasta", "baseline"] if args.variant == "both" else [args.variant]:

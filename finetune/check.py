@@ -55,8 +55,8 @@ class CheckArguments:
     limit: int | None = field(default=None, metadata={"help": "decode the first N prompts only (--prompts: a seeded "
                                                              "shuffle first)"})
     max_new_tokens: int = field(default=384, metadata={"help": "token budget of one answer, all threads together"})
-    dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16 (where a parallel step costs least "
-                                                              "on a CPU with bf16 units, as eval decodes), float16"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "float32, bfloat16, float16, float16-weights, or auto (a parallel step cheapest, as eval decodes)"})
     guard_tags: bool = field(default=True, metadata={
         "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
     stop_loops: bool = field(default=False, metadata={
