@@ -189,3 +189,17 @@ def test_errors_say_what_went_wrong_and_where(setup, tmp_path, capsys):
             "--resume_from_checkpoint", str(tmp_path / "nothing-here"))
     refused(capsys, r"packing / padding_free would drop the 4D PASTA masks", run, setup, tmp_path, "--packing", "true")
     refused(capsys, r"python -m finetune: error: .*no-such\.yaml", main, ["--config", str(tmp_path / "no-such.yaml")])
+
+
+def test_bf16_passes_train_in_float32_on_a_cpu_without_bf16_units(monkeypatch, capsys, tmp_path):
+    from trl import SFTConfig
+
+    from finetune import sft
+
+    recipe = SFTConfig(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to="none")
+    monkeypatch.setattr(sft, "native_bf16", lambda: False)
+    plain = sft.cpu_precision(recipe)
+    assert not plain.bf16 and plain.mixed_precision == "no"
+    assert "no bf16 units" in capsys.readouterr().err
+    monkeypatch.setattr(sft, "native_bf16", lambda: True)
+    assert sft.cpu_precision(recipe).bf16

@@ -1,11 +1,12 @@
 import time
 
 import pytest
+import torch
 import transformers
-from tiny import bpe_tokenizer, tiny_model
+from tiny import bpe_tokenizer, memorize, tag_token_tokenizer, tiny_model
 
-from interpreter import models
-from interpreter.models import EMBEDDED_MODEL, ModelNotFound, load_model
+from interpreter import Engine, models
+from interpreter.models import EMBEDDED_MODEL, FP16_WEIGHTS, ModelNotFound, load_model, resolve_dtype
 
 
 def test_unknown_hub_id_gives_one_clear_line():
@@ -67,3 +68,35 @@ def test_embedded_model_loads_offline_and_speaks():
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
     assert time.time() - start < 120
+
+
+FORKING = ('Tips:<promise topic="a" tokens="6"/><async> one two</async><promise topic="b" tokens="6"/>'
+           "<async> three</async><sync/> done")
+
+
+@pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="float16-weights needs fbgemm")
+def test_a_model_decoded_in_float16_weights_forks_as_in_float32(tmp_path):
+    tok = tag_token_tokenizer()
+    memorize(tiny_model("llama", len(tok)), tok, "List", FORKING, steps=120).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model, tokenizer = load_model(str(tmp_path), dtype=FP16_WEIGHTS)
+    assert isinstance(model.lm_head, torch.ao.nn.quantized.dynamic.Linear)  # the weights really are packed
+    result = Engine(model, tokenizer).generate("List")
+    assert result.stored == FORKING and result.threads == 2
+
+
+def test_auto_dtype_follows_the_cpus_bf16_units(monkeypatch):
+    monkeypatch.setattr(models, "native_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") == "bfloat16"
+    assert resolve_dtype("auto", "cuda:0") == "bfloat16"
+    monkeypatch.setattr(models, "native_bf16", lambda: False)
+    fbgemm = "fbgemm" in torch.backends.quantized.supported_engines
+    assert resolve_dtype("auto", "cpu") == (FP16_WEIGHTS if fbgemm else "float32")
+    assert resolve_dtype(None, "cpu") == "float32" and resolve_dtype("float32", "cpu") == "float32"
+
+
+def test_bad_dtypes_are_named():
+    with pytest.raises(ValueError, match="dtype must be one of .*not 'fp8'"):
+        resolve_dtype("fp8", "cpu")
+    with pytest.raises(ValueError, match="float16-weights runs on an x86 CPU only"):
+        resolve_dtype(FP16_WEIGHTS, "cuda")
