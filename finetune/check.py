@@ -38,6 +38,7 @@ from interpreter import (
     repetition,
     tag_cost,
 )
+from interpreter.models import pick_device, resolve_dtype
 from pipeline.dataset import load_splits, split
 from pipeline.prompts import read_instructions
 
@@ -228,7 +229,7 @@ def check(args: CheckArguments) -> dict:
     with_blocks = [a for a in answers if a["reference_blocks"]]  # None: a --prompts row has no reference
     finished = [a for a in answers if ended_itself(a)]
     summary = {
-        "model": args.model, "dtype": str(model.dtype).removeprefix("torch."), "dataset": where,
+        "model": args.model, "dtype": resolve_dtype(args.dtype, pick_device(None)), "dataset": where,
         "split": args.prompts or args.split, "answers": len(answers),
         "samples": args.samples, "temperature": args.temperature,
         "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
