@@ -122,8 +122,8 @@ def check_args(args: FinetuneArguments, sft: SFTConfig, model_args: ModelConfig)
 
 
 def cpu_precision(sft: SFTConfig) -> SFTConfig:
-    """`sft`, with bf16 passes turned to float32 (and one line saying so) on a CPU that has no bf16 units: torch
-    emulates bf16 there, and a 64-token pass of the embedded model costs 5x its float32 pass (an AVX2 EPYC)."""
+    """`sft`, with bf16 passes turned to float32 (and one line saying so) on a CPU that has no bf16 units, where
+    torch emulates bf16 several times slower than float32 (interpreter.models.native_bf16)."""
     if sft.bf16 and (sft.use_cpu or not torch.cuda.is_available()) and not native_bf16():
         print("finetune: this CPU has no bf16 units (AVX512-BF16 or AMX), where bf16 passes run several times slower "
               "than float32: training in float32 (--bf16 false says so up front)", file=sys.stderr)

@@ -136,14 +136,14 @@ def load_tokenizer(name: str):
     return _from_pretrained(AutoTokenizer, name)
 
 
-# what `dtype` may be: torch's own, plus two a CPU decodes in (resolve_dtype)
+# what `dtype` may be: torch's floating dtypes, float16 weights for a CPU without bf16 units, and auto (resolve_dtype)
 FP16_WEIGHTS = "float16-weights"
 DTYPES = ("auto", "float32", "bfloat16", "float16", FP16_WEIGHTS)
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without, torch emulates it: a 64-token pass
-    of the embedded model costs 5x its float32 pass on an AVX2 EPYC."""
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); without, torch emulates it, several times
+    slower than float32 (docs/reproduce.md, Decoding dtype)."""
     import torch
 
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -153,8 +153,8 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     """`dtype` with None and "auto" made concrete: None is float32 on CPU, bfloat16 on CUDA; "auto" is bfloat16 on
     CUDA and on a CPU with bf16 units, else float16-weights where fbgemm runs (x86), else float32.
     float16-weights keeps the Linear layers' weights in float16, packed for fbgemm, and computes in float32 (torch's
-    dynamic quantization): on an AVX2 EPYC a 4-token step of the embedded model costs 1.14x a 1-token step, against
-    1.7x in float32, whose MKL GEMMs run slowly there at a few rows."""
+    dynamic quantization): where float32's GEMMs slow down at a few rows, it keeps a parallel step nearly as cheap as
+    a 1-token one (docs/reproduce.md, Decoding dtype)."""
     import torch
 
     if dtype not in (None, *DTYPES):
