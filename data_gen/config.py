@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from interpreter import DTYPES, EMBEDDED_MODEL, LOOPING
+from interpreter.models import DTYPE_HELP
 
 TEACHERS = ("structural", "openai")
 SEED_LICENSE = "apache-2.0"  # the seed instructions are this project's, answered by the embedded SmolLM2 (apache-2.0)
@@ -36,8 +37,7 @@ class DataGenConfig:
     answer_model: str = _help("model that answers instructions without an answer", EMBEDDED_MODEL)
     answer_max_new_tokens: int = _help("answer length cap; a cut answer is trimmed back to its last full line", 200)
     answer_batch_size: int = _help("prompts per generate_batch call", 16)
-    answer_dtype: str = _help("float32, bfloat16, float16, float16-weights, or auto: where a batch step costs least "
-                              "here (interpreter.models.resolve_dtype)", "float32")
+    answer_dtype: str = _help(DTYPE_HELP, "float32")
     # greedy decoding makes the 135M model loop on about a third of the seed prompts; sampling does not
     answer_temperature: float = _help("sampling temperature of the answers (0 = greedy)", 0.7)
     answer_top_p: float = _help("nucleus sampling of the answers", 0.9)

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from interpreter.models import DTYPE_HELP
 from pipeline.preference import PreferenceArguments, sample_pairs
 
 
@@ -17,8 +18,7 @@ from pipeline.preference import PreferenceArguments, sample_pairs
 class PairsArguments(PreferenceArguments):
     policy: str | None = field(default=None, metadata={"help": "model to sample; default <run_dir>/models/pasta-sft"})
     out: str | None = field(default=None, metadata={"help": "folder for samples and pairs; default <run_dir>/prefopt"})
-    dtype: str | None = field(default=None, metadata={"help": "the policy's dtype (interpreter.DTYPES); "
-                                                              "default float32 on CPU"})
+    dtype: str | None = field(default=None, metadata={"help": f"the policy's: {DTYPE_HELP}"})
 
 
 def main(args: PairsArguments) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from interpreter import Engine, ModelNotFound, Options, cross_block_repetition, load_model, parse
-from interpreter.models import pick_device, resolve_dtype
+from interpreter.models import DTYPE_HELP, pick_device, resolve_dtype
 from pipeline.errors import cli as run_cli
 from pipeline.jsonl import append_rows, read_rows
 from pipeline.judges import JudgeArguments, check_failures, probed_judge
@@ -68,8 +68,7 @@ class EvalArguments(JudgeArguments):
     repetition_penalty: float = field(default=1.0, metadata={
         "help": "HF's and vLLM's repetition penalty (1 = off), tags and end tokens spared "
                 "(Options.repetition_penalty), for every method alike"})
-    dtype: str | None = field(default=None, metadata={
-        "help": "float32 (CPU default), bfloat16, float16, float16-weights, or auto: a parallel step cheapest"})
+    dtype: str | None = field(default=None, metadata={"help": DTYPE_HELP})
     device: str | None = None
     interleave: bool = field(default=False, metadata={
         "help": "every row answers a prompt before any row answers the next, every model resident at once: the "

@@ -38,7 +38,7 @@ from interpreter import (
     repetition,
     tag_cost,
 )
-from interpreter.models import pick_device, resolve_dtype
+from interpreter.models import DTYPE_HELP, pick_device, resolve_dtype
 from pipeline.dataset import load_splits, split
 from pipeline.prompts import read_instructions
 
@@ -56,8 +56,7 @@ class CheckArguments:
     limit: int | None = field(default=None, metadata={"help": "decode the first N prompts only (--prompts: a seeded "
                                                              "shuffle first)"})
     max_new_tokens: int = field(default=384, metadata={"help": "token budget of one answer, all threads together"})
-    dtype: str | None = field(default=None, metadata={
-        "help": "float32, bfloat16, float16, float16-weights, or auto (a parallel step cheapest, as eval decodes)"})
+    dtype: str | None = field(default=None, metadata={"help": DTYPE_HELP})
     guard_tags: bool = field(default=True, metadata={
         "help": "decode with the engine's tag guard (invalid tags redrawn); --guard_tags false: the model's raw tags"})
     stop_loops: bool = field(default=False, metadata={

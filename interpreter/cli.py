@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .models import DTYPES, EMBEDDED_MODEL, ModelNotFound
+from .models import DTYPE_HELP, DTYPES, EMBEDDED_MODEL, ModelNotFound
 from .parser import PastaSyntaxError, parse
 from .remote import RemoteError
 
@@ -169,8 +169,7 @@ def _bench(args) -> int:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help=f"embedded alias, local folder or HF id (default {EMBEDDED_MODEL}); with "
                    "--backend openai the served model's id (default: the first the engine lists)")
-    p.add_argument("--dtype", choices=DTYPES, help="default: float32 on CPU, bfloat16 on CUDA; auto: where a parallel "
-                   "step costs least (bfloat16 on CUDA and on CPUs with bf16 units, else float16-weights on x86)")
+    p.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 

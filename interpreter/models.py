@@ -139,6 +139,8 @@ def load_tokenizer(name: str):
 # what `dtype` may be: torch's floating dtypes, float16 weights for a CPU without bf16 units, and auto (resolve_dtype)
 FP16_WEIGHTS = "float16-weights"
 DTYPES = ("auto", "float32", "bfloat16", "float16", FP16_WEIGHTS)
+DTYPE_HELP = ("float32 (CPU default), bfloat16 (CUDA default), float16, float16-weights, or auto: where a parallel "
+              "step costs least here (interpreter.models.resolve_dtype)")
 
 
 def native_bf16() -> bool:
@@ -160,15 +162,16 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     if dtype not in (None, *DTYPES):
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     cuda = device.startswith("cuda")
+    fbgemm = not cuda and "fbgemm" in torch.backends.quantized.supported_engines
     if dtype is None:
         return "bfloat16" if cuda else "float32"
     if dtype != "auto":
-        if dtype == FP16_WEIGHTS and (cuda or "fbgemm" not in torch.backends.quantized.supported_engines):
+        if dtype == FP16_WEIGHTS and not fbgemm:
             raise ValueError(f"dtype {FP16_WEIGHTS} runs on an x86 CPU only (fbgemm), not on {device}")
         return dtype
     if cuda or native_bf16():
         return "bfloat16"
-    return FP16_WEIGHTS if "fbgemm" in torch.backends.quantized.supported_engines else "float32"
+    return FP16_WEIGHTS if fbgemm else "float32"
 
 
 def load_model(name: str, dtype: str | None = None, device: str | None = None):
