@@ -53,8 +53,9 @@ INNER_PIECES = ('" tokens="', '"/>', *LENGTH_PIECES)  # what a promise tag holds
 NO_PROMISE = (SYNC,)  # main's tags once the budget has no room for another promise
 OVERRUN = 1.5  # a block past this many times its promised tokens ends at its next line break or sentence end
 SENTENCE_END = re.compile(r'(\n|[^\W\d_][.!?]["\')]?)$')  # `3.` is a list number, not a sentence's end
-# ' tokens="' too: a topic closed by a plain `"` (`Arrive="`) needs the rest of the piece when `" tokens="` is one token
-CLOSING_PIECES = (*INNER_PIECES, ' tokens="', "</async>", "<sync/>", *"0123456789")
+# ' tokens="' and "/>" too: a topic or a length closed by a plain `"` (`Arrive="`, `tokens="3"`) needs the rest of its
+# piece when `" tokens="` or `"/>` is one token
+CLOSING_PIECES = (*INNER_PIECES, ' tokens="', "/>", "</async>", "<sync/>", *"0123456789")
 
 
 class TagGuard:

@@ -244,14 +244,15 @@ class Lexer:
 # a topic word: at most 24 characters, and no digit after a number and its dot (`3.5` too; a student wrote
 # `topic="1.1.1.1.1.1.1.1.1.1.1.1."`, 24 tokens on main's critical path, where the number ends the topic)
 _WORD = r'(?:(?!\d+\.\d)[^\s"<>*]){1,24}'
-_SPACE = r"(?:\s{1,3})"  # bounded, so that a model cannot pad a tag with whitespace forever
-_TOPIC_SPACE = r"(?: {1,3})"  # a topic is one line
+# a tag is one line, bounded so that a model cannot pad it with spaces forever: a student that broke its promise tag
+# over lines (`topic="3. Add"\n\n tokens="3"\n\n3.`) left it to the repairs
+_SPACE = r"(?: {1,3})"
 
 
 @functools.lru_cache
 def _canonical(kind: str, topic_words: int, tokens_digits: int) -> regex.Pattern:
     if kind == PROMISE:
-        topic = rf"{_TOPIC_SPACE}?{_WORD}(?:{_TOPIC_SPACE}{_WORD}){{0,{topic_words - 1}}}{_TOPIC_SPACE}?"
+        topic = rf"{_SPACE}?{_WORD}(?:{_SPACE}{_WORD}){{0,{topic_words - 1}}}{_SPACE}?"
         length = rf"[1-9][0-9]{{0,{tokens_digits - 1}}}"
         return regex.compile(rf'<promise{_SPACE}topic="{topic}"{_SPACE}tokens="{length}"{_SPACE}?/>')
     return regex.compile({SYNC: rf"<sync{_SPACE}?/>", ASYNC_CLOSE: r"</async>"}[kind])

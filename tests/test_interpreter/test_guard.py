@@ -30,6 +30,9 @@ P = '<promise topic="{}" tokens="5"/>'
     ('<promise topic="1.', "1", MAIN_TAGS, False),  # a list number runs on as 1.1.1.1..., not a topic
     ('<promise topic="1. 3', "x", MAIN_TAGS, True),
     ('<promise topic="a" tokens="5"', ">", MAIN_TAGS, False),  # not self-closing
+    ('<promise topic="a"', "\n\n", MAIN_TAGS, False),  # a tag is one line
+    ('<promise topic="a"', "\ttokens", MAIN_TAGS, False),
+    ('<promise topic="a" tokens="5"', " />", MAIN_TAGS, True),
     ('<promise topic="a" tokens="', "0", MAIN_TAGS, False),
     ("", "<sync/>", MAIN_TAGS, True),
     ("", "</async>", MAIN_TAGS, False),  # only a block closes
@@ -202,6 +205,34 @@ def test_a_topic_closed_by_a_plain_quote_is_finished_with_tag_tokens():
     r = wish(tagged, main, ["y</async>"])
     assert r.threads == 1 and r.repairs == [] and r.steered >= 1
     assert parse(r.stored).blocks[0].promise.topic == "x="
+
+
+def test_a_promise_broken_over_lines_is_finished_on_one():
+    """A tag-token student closed its topic and its length with plain quotes and put line breaks between the
+    parts (`topic="3. Add"\n\n tokens="3"\n\n3.`), a tag that never ends: the guard keeps it on one line and
+    closes it with `/>`."""
+    tok = tag_token_tokenizer()
+    tagged = Engine(tiny_model("llama", len(tok)), tok)
+    main = 'A<promise topic="3. Add"\n\n tokens="3"\n\n3. B<sync/>'
+    unguarded = wish(tagged, main, ["y</async>"], guard_tags=False)
+    assert unguarded.threads == 0 and any("malformed" in x for x in unguarded.repairs)
+    r = wish(tagged, main, ["y</async>"])
+    assert r.threads == 1 and r.repairs == [] and r.steered >= 1
+    assert parse(r.stored).blocks[0].promise.topic == "3. Add"
+
+
+def test_a_length_closed_by_a_plain_quote_is_finished_with_its_close():
+    """After `tokens="3"` written with a plain quote the added token `"/>` no longer fits: a student that wandered
+    on there (`"\n\n3.`) is given the rest of the tag as text."""
+    tok = tag_token_tokenizer()
+    guard = TagGuard(tok, {turn_end_id(tok)}, tries=4)
+    main = Thread(0, Detokenizer(tok))
+    main.lexer.feed('<promise topic="3. Add" tokens="3"')
+    newline = encode(tok, "\n\n")[0]
+    row = torch.full((len(tok),), -10.0)
+    row[newline] = 5.0
+    chosen, steered = guard.choose(row, main, newline, Sampler(Options(), "cpu"))
+    assert steered and "/>".startswith(tok.decode([chosen]))
 
 
 def test_main_syncs_only_while_a_block_is_unsynced():
