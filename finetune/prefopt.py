@@ -41,7 +41,7 @@ from pipeline.tracking import offline_unless_logged_in
 from .collator import PastaCollator
 from .data import pushed_as
 from .hub import base_license, push_model
-from .sft import load_student, lora_config, mask_dtype, merge_lora
+from .sft import cpu_precision, load_student, lora_config, mask_dtype, merge_lora
 
 
 @dataclass
@@ -320,6 +320,7 @@ def check_stage(args: PrefOptArguments, training: TrainingArguments) -> None:
 
 
 def run(args: PrefOptArguments, training: TrainingArguments, model_args: ModelConfig) -> None:
+    training = cpu_precision(training)
     check_stage(args, training)
     offline_unless_logged_in(training.report_to)
     if args.stage == "all":

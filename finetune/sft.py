@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from transformers import TrainingArguments
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from interpreter import add_tag_tokens, has_tag_tokens, load_model, load_tokenizer
@@ -121,14 +122,15 @@ def check_args(args: FinetuneArguments, sft: SFTConfig, model_args: ModelConfig)
                          "(the base model's, e.g. apache-2.0 or gemma)")
 
 
-def cpu_precision(sft: SFTConfig) -> SFTConfig:
-    """`sft`, with bf16 passes turned to float32 (and one line saying so) on a CPU that has no bf16 units, where
-    torch emulates bf16 several times slower than float32 (interpreter.models.native_bf16)."""
-    if sft.bf16 and (sft.use_cpu or not torch.cuda.is_available()) and not native_bf16():
+def cpu_precision(training: TrainingArguments) -> TrainingArguments:
+    """`training` (SFT's or preference optimization's), with bf16 passes turned to float32 (and one line saying so)
+    on a CPU that has no bf16 units, where torch emulates bf16 several times slower than float32
+    (interpreter.models.native_bf16)."""
+    if training.bf16 and (training.use_cpu or not torch.cuda.is_available()) and not native_bf16():
         print("finetune: this CPU has no bf16 units (AVX512-BF16 or AMX), where bf16 passes run several times slower "
               "than float32: training in float32 (--bf16 false says so up front)", file=sys.stderr)
-        return dataclasses.replace(sft, bf16=False)
-    return sft
+        return dataclasses.replace(training, bf16=False)
+    return training
 
 
 def decoder_layers(model):

@@ -198,3 +198,15 @@ def test_two_rounds_two_lambdas(tmp_path):
     assert any("<promise" in s["stored"] for s in samples)  # the policy forks with its tag tokens
     with pytest.raises(PipelineError, match="ranked by --speed theoretical"):  # not trained on the other ranking
         run_rounds(dataclasses.replace(args, speed="sooner"), training, ModelConfig())
+
+
+def test_preference_optimization_trains_in_float32_on_a_cpu_without_bf16_units(monkeypatch, capsys, tmp_path):
+    from finetune import prefopt, sft
+
+    trained = []
+    monkeypatch.setattr(sft, "native_bf16", lambda: False)
+    monkeypatch.setattr(prefopt, "train_round", lambda args, training, model_args, k: trained.append(training))
+    recipe = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to="none")
+    prefopt.run(PrefOptArguments(run_dir=str(tmp_path), stage="train"), recipe, ModelConfig())
+    assert len(trained) == 1 and not trained[0].bf16
+    assert "no bf16 units" in capsys.readouterr().err
