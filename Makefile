@@ -92,6 +92,10 @@ prefopt-full: setup
 check-full: setup
 	$(MAKE) --no-print-directory check RUN_DIR=runs/demo-full
 
+# in the dtype the demo decodes in on this CPU (auto: bfloat16 with bf16 units, else float16-weights), named for it
 bench: setup
-	$(PY) -m interpreter bench --model smollm2-135m-instruct --dtype bfloat16 --repeats 1 --warmup 1 \
-		--data benchmarks/engine-bench-sequences.jsonl --out benchmarks/engine-smollm2-cpu-bf16-top
+	@dtype=$$($(PY) -c "from interpreter.models import resolve_dtype; print(resolve_dtype('auto', 'cpu'))"); \
+	name=$$(case $$dtype in bfloat16) echo bf16;; float16-weights) echo fp16w;; *) echo f32;; esac); \
+	echo "make bench: $$dtype"; \
+	$(PY) -m interpreter bench --model smollm2-135m-instruct --dtype $$dtype --repeats 1 --warmup 1 \
+		--data benchmarks/engine-bench-sequences.jsonl --out benchmarks/engine-smollm2-cpu-$$name-top
