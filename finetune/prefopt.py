@@ -34,6 +34,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from trl import ModelConfig
 
+from interpreter.models import DTYPE_HELP
 from pipeline.errors import PipelineError
 from pipeline.preference import PreferenceArguments, answer, lambda_name, sample_pairs
 from pipeline.tracking import offline_unless_logged_in
@@ -59,6 +60,8 @@ class PrefOptArguments(PreferenceArguments):
     round: int = field(default=1, metadata={"help": "stage sample/train: the round (k > 1 samples round k-1's models)"})
     pairs: str | None = field(default=None, metadata={"help": "stage train: one run on this pairs-l<λ>.jsonl"})
     output_name: str | None = field(default=None, metadata={"help": "stage train with --pairs: folder under models/"})
+    sample_dtype: str | None = field(default=None, metadata={
+        "help": f"the policy's dtype while it samples (its training takes --dtype): {DTYPE_HELP}"})
     hub_license: str | None = field(default=None, metadata={
         "help": "with --push_to_hub: the license on the model cards, the base model's (default: known for the "
                 "embedded model and for models this project pushed)"})
@@ -269,7 +272,7 @@ def sample_round(args: PrefOptArguments, model_args: ModelConfig, k: int, skip_d
         if k > 1 and not (Path(policy) / "config.json").exists():
             raise PipelineError(f"{policy} is not trained yet: train round {k - 1} first (--stage train --round "
                                 f"{k - 1})")
-        summary = sample_pairs(args, policy, folder, [s.lam for s in steps])
+        summary = sample_pairs(args, policy, folder, [s.lam for s in steps], dtype=args.sample_dtype)
         if args.shard:
             print(f"prefopt: round {k}, shard {summary['shard']}: {summary['samples']} samples of {policy} in "
                   f"{summary['file']}", file=sys.stderr)

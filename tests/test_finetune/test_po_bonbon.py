@@ -210,3 +210,14 @@ def test_preference_optimization_trains_in_float32_on_a_cpu_without_bf16_units(m
     prefopt.run(PrefOptArguments(run_dir=str(tmp_path), stage="train"), recipe, ModelConfig())
     assert len(trained) == 1 and not trained[0].bf16
     assert "no bf16 units" in capsys.readouterr().err
+
+
+def test_preference_optimization_samples_in_the_dtype_asked(monkeypatch, tmp_path):
+    """The demo's recipe samples as its evaluation decodes (`sample_dtype: auto`); the policy trains in --dtype."""
+    from finetune import prefopt
+
+    asked = []
+    monkeypatch.setattr(prefopt, "sample_pairs", lambda *_, dtype=None: asked.append(dtype) or {})
+    args = PrefOptArguments(run_dir=str(tmp_path), sample_dtype="float16-weights")
+    prefopt.sample_round(args, ModelConfig(model_name_or_path="policy"), 1)
+    assert asked == ["float16-weights"]
