@@ -193,32 +193,24 @@ def test_a_length_piece_as_added_token_stays_inside_a_promise():
     assert '"/>' not in r.text and "yw" in r.text and parse(r.stored).blocks[0].promise.tokens == 40
 
 
-def test_a_topic_closed_by_a_plain_quote_is_finished_with_tag_tokens():
-    """A tag-token student closed a topic with the ordinary token `="` (`topic="8. Arrive="50"/>`), after
-    which the added token `" tokens="` no longer fits: the guard writes the rest of it as text."""
+@pytest.mark.parametrize("main, plain, topic", [
+    # the ordinary token `="` closed the topic (`topic="8. Arrive="50"/>`): the added `" tokens="` no longer fits,
+    # and the guard writes the rest of it as text
+    ('A<promise topic="x="50"/>B<sync/>', '="', "x="),
+    # plain quotes and line breaks between the parts, a tag that never ends: kept on one line, closed with `/>`
+    ('A<promise topic="3. Add"\n\n tokens="3"\n\n3. B<sync/>', '"', "3. Add"),
+])
+def test_a_promise_a_tag_token_student_breaks_is_finished(main, plain, topic):
+    """Tags a tag-token student wrote that the language cannot read: unguarded they are dropped as repairs,
+    guarded the promise is finished and forks."""
     tok = tag_token_tokenizer()
     tagged = Engine(tiny_model("llama", len(tok)), tok)
-    main = 'A<promise topic="x="50"/>B<sync/>'
-    assert '="' in [tok.decode([t]) for t in encode(tok, main)]
+    assert plain in [tok.decode([t]) for t in encode(tok, main)]  # a plain quote, not a tag piece
     unguarded = wish(tagged, main, ["y</async>"], guard_tags=False)
     assert unguarded.threads == 0 and any("malformed" in x for x in unguarded.repairs)
     r = wish(tagged, main, ["y</async>"])
     assert r.threads == 1 and r.repairs == [] and r.steered >= 1
-    assert parse(r.stored).blocks[0].promise.topic == "x="
-
-
-def test_a_promise_broken_over_lines_is_finished_on_one():
-    """A tag-token student closed its topic and its length with plain quotes and put line breaks between the
-    parts (`topic="3. Add"\n\n tokens="3"\n\n3.`), a tag that never ends: the guard keeps it on one line and
-    closes it with `/>`."""
-    tok = tag_token_tokenizer()
-    tagged = Engine(tiny_model("llama", len(tok)), tok)
-    main = 'A<promise topic="3. Add"\n\n tokens="3"\n\n3. B<sync/>'
-    unguarded = wish(tagged, main, ["y</async>"], guard_tags=False)
-    assert unguarded.threads == 0 and any("malformed" in x for x in unguarded.repairs)
-    r = wish(tagged, main, ["y</async>"])
-    assert r.threads == 1 and r.repairs == [] and r.steered >= 1
-    assert parse(r.stored).blocks[0].promise.topic == "3. Add"
+    assert parse(r.stored).blocks[0].promise.topic == topic
 
 
 def test_a_length_closed_by_a_plain_quote_is_finished_with_its_close():
