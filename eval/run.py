@@ -162,13 +162,14 @@ def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[i
     for i, (_, _, path) in enumerate(rows):
         first.setdefault(path, i)
     by_model = sorted(rows, key=lambda row: first[row[2]])
+    dtype = resolve_dtype(args.dtype, pick_device(args.device))  # concrete: the caches are stamped with it
     caches = {}
     for method, label, path in rows:
         file = out / "generations" / f"{method}--{slug(label)}.jsonl"
         caches[method, label, path] = Generations(
             shard_path(file, *shard) if shard else file,
             {"method": method, "model": path, "weights": weights_stamp(path), "options": asdict(options),
-             "dtype": resolve_dtype(args.dtype, pick_device(args.device))})
+             "dtype": dtype})
     runners = {}
 
     def runner_for(row: tuple[str, str, str]):
@@ -178,7 +179,7 @@ def generate(args: EvalArguments, prompts: list[dict], out: Path, shard: tuple[i
                 for other in [r for r in runners if r[2] != path]:
                     del runners[other]
             engine = next((r.engine for (_, _, p), r in runners.items() if p == path), None)
-            runners[row] = METHODS[method](engine or Engine(*load_model(path, dtype=args.dtype, device=args.device)),
+            runners[row] = METHODS[method](engine or Engine(*load_model(path, dtype=dtype, device=args.device)),
                                            label, options)
             runners[row].answer("Say hello.")  # warm-up: first calls pay for allocation, not decoding
         return runners[row]

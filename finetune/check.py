@@ -206,7 +206,8 @@ def check(args: CheckArguments) -> dict:
         rows = one_per_instruction(split(data, args.split, where))
         if args.limit:
             rows = rows.select(range(min(args.limit, len(rows))))
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    dtype = resolve_dtype(args.dtype, pick_device(None))  # concrete, as the summary reports it
+    model, tokenizer = load_model(args.model, dtype=dtype)
     engine = Engine(model, tokenizer)
     answers = []
     started = time.perf_counter()
@@ -228,7 +229,7 @@ def check(args: CheckArguments) -> dict:
     with_blocks = [a for a in answers if a["reference_blocks"]]  # None: a --prompts row has no reference
     finished = [a for a in answers if ended_itself(a)]
     summary = {
-        "model": args.model, "dtype": resolve_dtype(args.dtype, pick_device(None)), "dataset": where,
+        "model": args.model, "dtype": dtype, "dataset": where,
         "split": args.prompts or args.split, "answers": len(answers),
         "samples": args.samples, "temperature": args.temperature,
         "repair_free_share": round(sum(not a["repairs"] for a in answers) / len(answers), 4),
